@@ -1,0 +1,203 @@
+"""Sparse MLA prefill in Triton: ``flash_mla_sparse_fwd``.
+
+One program handles one query token and one tile of ``BLOCK_H`` query heads. It walks that
+token's top-k list ``BLOCK_K`` entries at a time, gathers the referenced kv rows (bf16, not
+quantized) and runs an online softmax over them. All query heads share the single kv head, so
+a gathered tile feeds ``BLOCK_H`` heads at once; V is the first 512 columns of the same tile.
+
+Semantics (operations.md, section 2): an index ``t`` counts only when ``0 <= t < s_kv`` and it
+sits before ``topk_length[j]``; rows with no such entry give out 0, max_logits -inf, lse +inf;
+the attention sink scales ``out`` by ``1 / (1 + exp(sink - lse))`` and leaves lse alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mlaverify.kernels import _runtime  # noqa: F401  (selects compiled vs interpreted mode first)
+
+import torch
+import triton
+import triton.language as tl
+
+from mlaverify.reference.validation import check_sparse_prefill_inputs
+
+D_V = 512  # V width and the first (power-of-two) piece of K for both model types
+D_ROPE = 64  # the second piece of K when d_qk == 576
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr):
+    """tl.dot with float32 accumulation; UPCAST feeds it float32 copies of the (bf16/fp16) operands.
+
+    Triton's interpreter computes bf16 x bf16 dots wrongly (triton 3.9), so interpreted launches
+    upcast first; the products of bf16 values are exact in float32 either way.
+    """
+    if UPCAST:
+        res = tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        res = tl.dot(a, b)
+    return res
+
+
+@triton.jit
+def _round_bf16(x, UPCAST: tl.constexpr):
+    """float32 -> bfloat16 with round-to-nearest-even.
+
+    Compiled Triton rounds to nearest even already; the interpreter truncates, so interpreted
+    launches round the float32 bit pattern by hand first (NaN and inf survive unchanged).
+    """
+    if UPCAST:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536  # keep the top 16 bits, ties to even
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(tl.bfloat16)
+
+
+@triton.jit
+def _sparse_prefill_kernel(
+    q_ptr,  # [s_q, h_q, d_qk] bf16
+    kv_ptr,  # [s_kv, 1, d_qk] bf16
+    idx_ptr,  # [s_q, 1, topk] int32
+    topk_len_ptr,  # [s_q] int32 (unused unless HAS_TOPK_LEN)
+    sink_ptr,  # [h_q] f32 (unused unless HAS_SINK)
+    out_ptr,  # [s_q, h_q, 512] bf16
+    max_ptr,  # [s_q, h_q] f32, contiguous
+    lse_ptr,  # [s_q, h_q] f32, contiguous
+    s_kv,  # number of kv rows: valid indices lie in [0, s_kv)
+    h_q,  # number of query heads
+    topk,  # length of each index list
+    sm_scale,  # softmax scale applied to <q, k>
+    stride_qs, stride_qh, stride_qd,  # q strides (elements)
+    stride_kvs, stride_kvd,  # kv strides (elements); the head dim has size 1
+    stride_is, stride_ik,  # indices strides (elements)
+    stride_os, stride_oh, stride_od,  # out strides (elements)
+    HAS_ROPE: tl.constexpr,  # d_qk == 576: K has a second 64-wide piece
+    HAS_TOPK_LEN: tl.constexpr,  # topk_length given
+    HAS_SINK: tl.constexpr,  # attn_sink given
+    DV: tl.constexpr,  # 512
+    DR: tl.constexpr,  # 64
+    BLOCK_H: tl.constexpr,  # query heads per program
+    BLOCK_K: tl.constexpr,  # index-list entries per step
+    UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
+):
+    tl.static_assert(DV == 512)
+    tl.static_assert(BLOCK_H >= 16)  # tl.dot needs >= 16 rows when compiled
+    tl.static_assert(BLOCK_K >= 16)
+    # 64-bit program ids: s_q * stride_qs overflows int32 at production sizes (s_q = 70000)
+    pid_s = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1)
+
+    heads = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = heads < h_q
+    heads64 = heads.to(tl.int64)
+    offs_v = tl.arange(0, DV)
+    offs_r = tl.arange(0, DR)
+
+    # query tile, padded heads read as 0
+    q_row = q_ptr + pid_s * stride_qs + heads64[:, None] * stride_qh
+    q_main = tl.load(q_row + offs_v[None, :] * stride_qd, mask=head_ok[:, None], other=0.0)
+    if HAS_ROPE:
+        q_rope = tl.load(q_row + (DV + offs_r)[None, :] * stride_qd, mask=head_ok[:, None], other=0.0)
+
+    limit = topk
+    if HAS_TOPK_LEN:
+        limit = tl.minimum(tl.load(topk_len_ptr + pid_s), topk)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max of scaled logits
+    l_i = tl.zeros([BLOCK_H], tl.float32)  # running sum of exp(logit - m_i)
+    acc = tl.zeros([BLOCK_H, DV], tl.float32)  # running sum of exp(logit - m_i) * V
+
+    for k0 in range(0, limit, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        in_list = offs_k < limit
+        idx = tl.load(idx_ptr + pid_s * stride_is + offs_k * stride_ik, mask=in_list, other=-1)
+        valid = in_list & (idx >= 0) & (idx < s_kv)
+        # mask before forming addresses: an invalid index (up to 2^31 - 1) never enters them
+        rows = tl.where(valid, idx, 0).to(tl.int64)
+        kv_row = kv_ptr + rows[:, None] * stride_kvs
+        # masked loads give 0 for ignored entries, so NaN bytes they point at never enter V
+        k_main = tl.load(kv_row + offs_v[None, :] * stride_kvd, mask=valid[:, None], other=0.0)
+        scores = _dot(q_main, tl.trans(k_main), UPCAST)  # [BLOCK_H, BLOCK_K], f32 accumulate
+        if HAS_ROPE:
+            k_rope = tl.load(kv_row + (DV + offs_r)[None, :] * stride_kvd, mask=valid[:, None], other=0.0)
+            scores += _dot(q_rope, tl.trans(k_rope), UPCAST)
+        scores = tl.where(valid[None, :], scores * sm_scale, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        # rows that have seen nothing yet keep m = -inf; shift by 0 there to avoid inf - inf
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
+        p = tl.exp(scores - m_shift[:, None])  # ignored entries give exp(-inf) = 0
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _dot(_round_bf16(p, UPCAST), k_main, UPCAST)  # V = K[:, :512]
+        m_i = m_new
+
+    has_any = l_i > 0.0
+    l_safe = tl.where(has_any, l_i, 1.0)
+    lse = tl.where(has_any, m_i + tl.log(l_safe), float("inf"))
+    out = tl.where(has_any[:, None], acc / l_safe[:, None], 0.0)
+    if HAS_SINK:
+        sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
+        # 1 / (1 + exp(sink - lse)): sink -inf -> 1, sink +inf -> 0; empty rows stay 0
+        factor = tl.where(has_any, 1.0 / (1.0 + tl.exp(sink - tl.where(has_any, lse, 0.0))), 1.0)
+        out = out * factor[:, None]
+
+    out_row = out_ptr + pid_s * stride_os + heads64[:, None] * stride_oh
+    tl.store(out_row + offs_v[None, :] * stride_od, _round_bf16(out, UPCAST), mask=head_ok[:, None])
+    stat = pid_s * h_q + heads64
+    tl.store(max_ptr + stat, m_i, mask=head_ok)
+    tl.store(lse_ptr + stat, lse, mask=head_ok)
+
+
+def _launch_config(h_q: int, interpreted: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_H, BLOCK_K, num_warps, num_stages) for this head count and mode."""
+    if interpreted:
+        # the interpreter pays per operation, not per element: few large programs are fastest
+        return max(16, min(64, triton.next_power_of_2(h_q))), 64, 4, 1
+    # compiled: a [BLOCK_H, 512] f32 accumulator lives in registers; 64 heads x 512 needs 8 warps
+    return max(16, min(64, triton.next_power_of_2(h_q))), 32, 8, 1
+
+
+def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
+    """Launch the kernel on already validated inputs; returns (out, max_logits, lse)."""
+    s_q, h_q, d_qk = q.shape
+    s_kv, topk = kv.shape[0], indices.shape[-1]
+    out = torch.empty((s_q, h_q, D_V), dtype=torch.bfloat16, device=q.device)
+    max_logits = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
+    lse = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
+    if s_q == 0 or h_q == 0:
+        return out, max_logits, lse
+    interpreted = _runtime.is_interpreted()
+    block_h, block_k, num_warps, num_stages = _launch_config(h_q, interpreted)
+    # s_q sits on grid axis 0 (limit 2^31 - 1); axes 1 and 2 are capped at 65535
+    grid = (s_q, triton.cdiv(h_q, block_h))
+    _sparse_prefill_kernel[grid](
+        q, kv, indices,
+        topk_length if topk_length is not None else indices,
+        attn_sink if attn_sink is not None else max_logits,
+        out, max_logits, lse,
+        s_kv, h_q, topk, float(sm_scale),
+        q.stride(0), q.stride(1), q.stride(2),
+        kv.stride(0), kv.stride(2),
+        indices.stride(0), indices.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        HAS_ROPE=d_qk == D_V + D_ROPE,
+        HAS_TOPK_LEN=topk_length is not None,
+        HAS_SINK=attn_sink is not None,
+        DV=D_V, DR=D_ROPE, BLOCK_H=block_h, BLOCK_K=block_k, UPCAST=interpreted,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out, max_logits, lse
+
+
+def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None):
+    """FlashMLA's sparse prefill: (out [s_q, h_q, 512] bf16, max_logits [s_q, h_q] f32, lse [s_q, h_q] f32).
+
+    ``max_logits`` and ``lse`` are natural-log quantities of the scaled logits ``sm_scale * <q, k>``.
+    """
+    check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length)
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
+        raise TypeError(f"sm_scale: expected a finite python float, got {sm_scale!r}")
+    _runtime.check_device(q, "q")
+    return sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length)
