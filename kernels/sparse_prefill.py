@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from mlaverify.kernels import _runtime  # noqa: F401  (selects compiled vs interpreted mode first)
+from mlaverify.kernels import _runtime  # first: it selects compiled vs interpreted mode
 
 import torch
 import triton
@@ -41,17 +41,29 @@ def _dot(a, b, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _round_bf16(x, UPCAST: tl.constexpr):
-    """float32 -> bfloat16 with round-to-nearest-even.
+def _round(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+    """float32 -> DTYPE (bf16 or fp16) with round-to-nearest-even.
 
-    Compiled Triton rounds to nearest even already; the interpreter truncates, so interpreted
-    launches round the float32 bit pattern by hand first (NaN and inf survive unchanged).
+    Compiled Triton rounds to nearest even already; the interpreter truncates to bf16, so
+    interpreted launches round the float32 bit pattern by hand first (NaN and inf survive).
     """
-    if UPCAST:
+    if UPCAST and DTYPE == tl.bfloat16:
         bits = x.to(tl.int32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536  # keep the top 16 bits, ties to even
         x = bits.to(tl.float32, bitcast=True)
-    return x.to(tl.bfloat16)
+    return x.to(DTYPE)
+
+
+@triton.jit
+def _dot_pv(p, v, UPCAST: tl.constexpr):
+    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32, p carried as two 16-bit terms.
+
+    One 16-bit copy of p would cost up to 2^-9 relative per weight, more than the spec's
+    output tolerance allows next to an unrounded reference; p_hi + p_lo carries ~2^-17.
+    """
+    p_hi = _round(p, v.dtype, UPCAST)
+    p_lo = _round(p - p_hi.to(tl.float32), v.dtype, UPCAST)
+    return _dot(p_hi, v, UPCAST) + _dot(p_lo, v, UPCAST)
 
 
 @triton.jit
@@ -130,7 +142,7 @@ def _sparse_prefill_kernel(
         alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
         p = tl.exp(scores - m_shift[:, None])  # ignored entries give exp(-inf) = 0
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(_round_bf16(p, UPCAST), k_main, UPCAST)  # V = K[:, :512]
+        acc = acc * alpha[:, None] + _dot_pv(p, k_main, UPCAST)  # V = K[:, :512]
         m_i = m_new
 
     has_any = l_i > 0.0
@@ -144,7 +156,7 @@ def _sparse_prefill_kernel(
         out = out * factor[:, None]
 
     out_row = out_ptr + pid_s * stride_os + heads64[:, None] * stride_oh
-    tl.store(out_row + offs_v[None, :] * stride_od, _round_bf16(out, UPCAST), mask=head_ok[:, None])
+    tl.store(out_row + offs_v[None, :] * stride_od, _round(out, tl.bfloat16, UPCAST), mask=head_ok[:, None])
     stat = pid_s * h_q + heads64
     tl.store(max_ptr + stat, m_i, mask=head_ok)
     tl.store(lse_ptr + stat, lse, mask=head_ok)
@@ -155,8 +167,9 @@ def _launch_config(h_q: int, interpreted: bool) -> tuple[int, int, int, int]:
     if interpreted:
         # the interpreter pays per operation, not per element: few large programs are fastest
         return max(16, min(64, triton.next_power_of_2(h_q))), 64, 4, 1
-    # compiled: a [BLOCK_H, 512] f32 accumulator lives in registers; 64 heads x 512 needs 8 warps
-    return max(16, min(64, triton.next_power_of_2(h_q))), 32, 8, 1
+    # compiled: the [BLOCK_H, 512] f32 accumulator lives in registers; for sm_90, 32 x 32 tiles
+    # with 8 warps compile without spills (64 heads spill: ~4.5 KB of stack per thread)
+    return max(16, min(32, triton.next_power_of_2(h_q))), 32, 8, 1
 
 
 def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
@@ -168,7 +181,7 @@ def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
     lse = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
     if s_q == 0 or h_q == 0:
         return out, max_logits, lse
-    interpreted = _runtime.is_interpreted()
+    interpreted = _runtime.INTERPRETED
     block_h, block_k, num_warps, num_stages = _launch_config(h_q, interpreted)
     # s_q sits on grid axis 0 (limit 2^31 - 1); axes 1 and 2 are capped at 65535
     grid = (s_q, triton.cdiv(h_q, block_h))
@@ -199,5 +212,5 @@ def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk
     check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length)
     if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
         raise TypeError(f"sm_scale: expected a finite python float, got {sm_scale!r}")
-    _runtime.check_device(q, "q")
+    _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
     return sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length)

@@ -228,7 +228,7 @@ def _tokens(c: Case) -> list[str]:
     if c.nan_fill != "none":
         t.append(_NAN_TOKEN[c.nan_fill])
     if c.softmax_scale is not None:
-        t.append(f"scale{c.softmax_scale!r}")
+        t.append("scale" + repr(c.softmax_scale).replace("-", "m"))   # 1e-05 -> 1em05
     if c.noncontiguous:
         t.append("nc")
     if c.scales != "ue8m0":
@@ -291,7 +291,7 @@ def _parse_token(token: str, kwargs: dict[str, Any], case_id: str) -> None:
         return
     if token.startswith("scale"):
         try:
-            kwargs["softmax_scale"] = float(token[len("scale"):])
+            kwargs["softmax_scale"] = float(token[len("scale"):].replace("m", "-"))
         except ValueError:
             raise ValueError(f"case id: bad scale token {token!r} in {case_id!r}") from None
         return

@@ -46,12 +46,24 @@ def build_module(bug: PlantedBug) -> types.ModuleType:
         f"mlaverify.verify.planted.{bug.name}", f"Planted bug (self-test only): {bug.description}"
     )
     for name in API_NAMES:
-        if hasattr(ref, name):
-            setattr(module, name, getattr(ref, name))
+        for source in _api_sources():
+            if hasattr(source, name):
+                setattr(module, name, getattr(source, name))
+                break
     for name, fn in bug.overrides.items():
         setattr(module, name, fn)
     module.PLANTED_BUG = bug.name
     return module
+
+
+def _api_sources() -> list:
+    """Where the reference API lives: the package, then the MHA module (if not re-exported)."""
+    sources = [ref]
+    try:
+        from mlaverify.reference import mha_prefill
+    except ImportError:
+        return sources
+    return sources + [mha_prefill]
 
 
 def fresh_meta():

@@ -1,0 +1,235 @@
+"""Triton backward kernels of the dense MHA prefill (operations.md section 4).
+
+Deterministic by construction, no atomics:
+- ``_mha_bwd_dkdv_kernel``: one program per (key block, sequence, KV head). It owns its dk/dv
+  rows and loops over the query heads of its GQA group and over their query blocks, so dk and
+  dv are summed over the group in a fixed order.
+- ``_mha_bwd_dq_kernel``: one program per (query block, sequence, query head), looping over
+  key blocks like the forward pass.
+
+Probabilities are recomputed from the saved lse: ``P = exp2(s * scale * log2(e) - lse * log2(e))``;
+a row with lse = +inf (no visible key, or a padding row) gets P = 0 and contributes nothing.
+``delta = rowsum(dout * out)`` comes from ``_mha_bwd_preprocess_kernel``.
+"""
+
+from __future__ import annotations
+
+from . import _runtime  # noqa: F401  (decides compiled vs interpreter mode before any kernel is built)
+
+import triton
+import triton.language as tl
+
+from ._mha_prefill_fwd import _mma, _mma_split, _round16
+
+LOG2E = 1.4426950408889634  # log2(e): natural-log lse -> exp2 domain
+
+
+@triton.jit
+def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
+                        stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
+                        D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
+                        MASKED: tl.constexpr, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr):
+    """Add the contribution of query rows [m0, m0 + BLOCK_M) of one head to a key block's dk, dv."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < s_q
+    q_rows = (q_lo + offs_m)[:, None] * stride_qt
+    q0 = tl.load(Q_h + q_rows + tl.arange(0, D0)[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    q1 = tl.load(Q_h + q_rows + (D0 + tl.arange(0, D1))[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO_h + (q_lo + offs_m)[:, None] * stride_dt + tl.arange(0, DV)[None, :] * stride_dd,
+                 mask=row_ok[:, None], other=0.0)
+    lse2 = tl.load(Lse_h + (q_lo + offs_m) * stride_lt, mask=row_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta_h + (q_lo + offs_m) * stride_lt, mask=row_ok, other=0.0)
+    s_t = _mma(k0, tl.trans(q0), None, UPCAST)  # [BLOCK_N, BLOCK_M] = (q k^T)^T, D0 piece
+    s_t = _mma(k1, tl.trans(q1), s_t, UPCAST)  # plus the D1 piece
+    p_t = tl.math.exp2(s_t * scale_log2 - lse2[None, :])  # P^T; rows with lse +inf give 0
+    if MASKED:
+        p_t = tl.where(offs_n[:, None] <= s_k - s_q + offs_m[None, :], p_t, 0.0)  # causal, bottom-right
+    dv = _mma_split(p_t, do, dv, UPCAST)  # dV += P^T dO
+    dp_t = _mma(v, tl.trans(do), None, UPCAST)  # dP^T = (dO V^T)^T
+    ds_t = p_t * (dp_t - delta[None, :])  # dS^T = P^T * (dP^T - delta)
+    dk0 = _mma_split(ds_t, q0, dk0, UPCAST)  # dK += dS^T Q (times softmax_scale at the end)
+    dk1 = _mma_split(ds_t, q1, dk1, UPCAST)
+    return dk0, dk1, dv
+
+
+@triton.jit
+def _mha_bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV_out,  # dk like k, dv like v; lse and delta [h_q, total_q] float32
+    cu_q, cu_k,  # int32 [batch + 1]
+    stride_qt, stride_qh, stride_qd,  # q strides (token, head, dim)
+    stride_kt, stride_kh, stride_kd,  # k strides
+    stride_vt, stride_vh, stride_vd,  # v strides
+    stride_dt, stride_dh, stride_dd,  # dout strides
+    stride_lh, stride_lt,  # lse / delta strides
+    stride_gkt, stride_gkh, stride_gkd,  # dk strides
+    stride_gvt, stride_gvh, stride_gvd,  # dv strides
+    softmax_scale, scale_log2,  # softmax_scale and softmax_scale * log2(e)
+    GROUP: tl.constexpr,  # query heads per KV head
+    D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,  # d_qk = D0 + D1; d_v
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # query rows per step / keys owned by the program
+    UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
+):
+    tl.static_assert(D1 > 0)
+    pid_n = tl.program_id(0)
+    seq = tl.program_id(1)
+    kvh = tl.program_id(2)
+    q_lo = tl.load(cu_q + seq)
+    s_q = tl.load(cu_q + seq + 1) - q_lo
+    k_lo = tl.load(cu_k + seq)
+    s_k = tl.load(cu_k + seq + 1) - k_lo
+    q_lo = q_lo.to(tl.int64)  # token offsets times strides may pass 2^31
+    k_lo = k_lo.to(tl.int64)
+    n0 = pid_n * BLOCK_N
+    if n0 >= s_k:
+        return
+
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    key_ok = offs_n < s_k
+    offs_d0 = tl.arange(0, D0)
+    offs_d1 = D0 + tl.arange(0, D1)
+    offs_v = tl.arange(0, DV)
+    k_rows = (k_lo + offs_n)[:, None] * stride_kt + kvh * stride_kh
+    k0 = tl.load(K + k_rows + offs_d0[None, :] * stride_kd, mask=key_ok[:, None], other=0.0)
+    k1 = tl.load(K + k_rows + offs_d1[None, :] * stride_kd, mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + (k_lo + offs_n)[:, None] * stride_vt + kvh * stride_vh + offs_v[None, :] * stride_vd,
+                mask=key_ok[:, None], other=0.0)
+    dk0 = tl.zeros([BLOCK_N, D0], tl.float32)
+    dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV], tl.float32)
+
+    if CAUSAL:
+        # Row j sees key t iff t <= s_k - s_q + j: rows below m_lo see no key of this block,
+        # rows from m_full on see all of them.
+        m_lo = tl.maximum(n0 - (s_k - s_q), 0)
+        m_lo = (m_lo // BLOCK_M) * BLOCK_M
+        m_full = tl.maximum(n0 + BLOCK_N - 1 - (s_k - s_q), 0)
+        m_full = tl.minimum(((m_full + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, s_q)
+        m_full = tl.maximum(m_full, m_lo)
+    else:
+        m_lo = 0
+        m_full = 0
+    for g in range(GROUP):  # the query heads of this KV head, in a fixed order
+        h = kvh * GROUP + g
+        Q_h = Q + h * stride_qh
+        DO_h = DO + h * stride_dh
+        Lse_h = Lse + h * stride_lh
+        Delta_h = Delta + h * stride_lh
+        for m0 in range(m_lo, m_full, BLOCK_M):
+            dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
+                                               m0, offs_n, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt,
+                                               scale_log2, D0, D1, DV, True, BLOCK_M, UPCAST)
+        for m0 in range(m_full, s_q, BLOCK_M):
+            dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
+                                               m0, offs_n, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt,
+                                               scale_log2, D0, D1, DV, False, BLOCK_M, UPCAST)
+
+    dk_rows = (k_lo + offs_n)[:, None] * stride_gkt + kvh * stride_gkh
+    tl.store(DK + dk_rows + offs_d0[None, :] * stride_gkd, _round16(dk0 * softmax_scale, DK.dtype.element_ty, UPCAST),
+             mask=key_ok[:, None])
+    tl.store(DK + dk_rows + offs_d1[None, :] * stride_gkd, _round16(dk1 * softmax_scale, DK.dtype.element_ty, UPCAST),
+             mask=key_ok[:, None])
+    tl.store(DV_out + (k_lo + offs_n)[:, None] * stride_gvt + kvh * stride_gvh + offs_v[None, :] * stride_gvd,
+             _round16(dv, DV_out.dtype.element_ty, UPCAST), mask=key_ok[:, None])
+
+
+@triton.jit
+def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
+                      stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                      D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
+                      CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+    """Add key block [n0, n0 + BLOCK_N) to the dq of one query block."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    k_rows = (k_lo + offs_n)[:, None] * stride_kt
+    v_rows = (k_lo + offs_n)[:, None] * stride_vt
+    if MASKED:
+        key_ok = offs_n < s_k
+        k0 = tl.load(K_h + k_rows + tl.arange(0, D0)[None, :] * stride_kd, mask=key_ok[:, None], other=0.0)
+        k1 = tl.load(K_h + k_rows + (D0 + tl.arange(0, D1))[None, :] * stride_kd, mask=key_ok[:, None], other=0.0)
+        v = tl.load(V_h + v_rows + tl.arange(0, DV)[None, :] * stride_vd, mask=key_ok[:, None], other=0.0)
+    else:
+        k0 = tl.load(K_h + k_rows + tl.arange(0, D0)[None, :] * stride_kd)
+        k1 = tl.load(K_h + k_rows + (D0 + tl.arange(0, D1))[None, :] * stride_kd)
+        v = tl.load(V_h + v_rows + tl.arange(0, DV)[None, :] * stride_vd)
+    s = _mma(q0, tl.trans(k0), None, UPCAST)  # [BLOCK_M, BLOCK_N], D0 piece
+    s = _mma(q1, tl.trans(k1), s, UPCAST)  # plus the D1 piece
+    p = tl.math.exp2(s * scale_log2 - lse2[:, None])  # P recomputed from lse
+    if MASKED:
+        visible = offs_n[None, :] < s_k
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= s_k - s_q + offs_m[:, None])
+        p = tl.where(visible, p, 0.0)
+    dp = _mma(do, tl.trans(v), None, UPCAST)  # dP = dO V^T
+    ds = p * (dp - delta[:, None])  # dS = P * (dP - delta)
+    dq0 = _mma_split(ds, k0, dq0, UPCAST)  # dQ += dS K (times softmax_scale at the end)
+    dq1 = _mma_split(ds, k1, dq1, UPCAST)
+    return dq0, dq1
+
+
+@triton.jit
+def _mha_bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ,  # dq like q
+    cu_q, cu_k,  # int32 [batch + 1]
+    stride_qt, stride_qh, stride_qd,  # q strides
+    stride_kt, stride_kh, stride_kd,  # k strides
+    stride_vt, stride_vh, stride_vd,  # v strides
+    stride_dt, stride_dh, stride_dd,  # dout strides
+    stride_lh, stride_lt,  # lse / delta strides
+    stride_gqt, stride_gqh, stride_gqd,  # dq strides
+    softmax_scale, scale_log2,
+    GROUP: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
+):
+    tl.static_assert(D1 > 0)
+    pid_m = tl.program_id(0)
+    seq = tl.program_id(1)
+    h = tl.program_id(2)
+    q_lo = tl.load(cu_q + seq)
+    s_q = tl.load(cu_q + seq + 1) - q_lo
+    k_lo = tl.load(cu_k + seq)
+    s_k = tl.load(cu_k + seq + 1) - k_lo
+    q_lo = q_lo.to(tl.int64)  # token offsets times strides may pass 2^31
+    k_lo = k_lo.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    if m0 >= s_q:
+        return
+    kvh = h // GROUP
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < s_q
+    offs_d0 = tl.arange(0, D0)
+    offs_d1 = D0 + tl.arange(0, D1)
+    q_rows = (q_lo + offs_m)[:, None] * stride_qt + h * stride_qh
+    q0 = tl.load(Q + q_rows + offs_d0[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    q1 = tl.load(Q + q_rows + offs_d1[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + (q_lo + offs_m)[:, None] * stride_dt + h * stride_dh + tl.arange(0, DV)[None, :] * stride_dd,
+                 mask=row_ok[:, None], other=0.0)
+    lse2 = tl.load(Lse + h * stride_lh + (q_lo + offs_m) * stride_lt, mask=row_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + h * stride_lh + (q_lo + offs_m) * stride_lt, mask=row_ok, other=0.0)
+    dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
+
+    if CAUSAL:
+        hi = tl.minimum(s_k, tl.maximum(s_k - s_q + m0 + BLOCK_M, 0))
+        full_hi = tl.minimum(s_k, tl.maximum(s_k - s_q + m0 + 1, 0))
+    else:
+        hi = s_k
+        full_hi = s_k
+    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    K_h = K + kvh * stride_kh
+    V_h = V + kvh * stride_vh
+    for n0 in range(0, full_hi, BLOCK_N):
+        dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
+                                     stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                     D0, D1, DV, CAUSAL, False, BLOCK_N, UPCAST)
+    for n0 in range(full_hi, hi, BLOCK_N):
+        dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
+                                     stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                     D0, D1, DV, CAUSAL, True, BLOCK_N, UPCAST)
+
+    dq_rows = (q_lo + offs_m)[:, None] * stride_gqt + h * stride_gqh
+    tl.store(DQ + dq_rows + offs_d0[None, :] * stride_gqd, _round16(dq0 * softmax_scale, DQ.dtype.element_ty, UPCAST),
+             mask=row_ok[:, None])
+    tl.store(DQ + dq_rows + offs_d1[None, :] * stride_gqd, _round16(dq1 * softmax_scale, DQ.dtype.element_ty, UPCAST),
+             mask=row_ok[:, None])

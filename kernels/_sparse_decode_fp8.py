@@ -1,0 +1,138 @@
+"""In-kernel FP8 KV-cache dequantization for the sparse decode kernel (V32 and MODEL1 layouts).
+
+Byte layouts are those of ``shared/spec/kv-cache-formats.md``. Every loader takes a tile of
+``BLOCK_N`` cache positions plus a validity mask; invalid positions load nothing (masked
+loads give 0), so bytes of slots that no considered entry points at, NaN included, never
+reach the result.
+
+Triton's interpreter converts float32 to bfloat16 by truncation and computes bfloat16
+arithmetic (dot included) on the raw bits, so under ``INTERPRET`` the "bfloat16" operands of
+``tl.dot`` are float32 tensors holding values rounded to bfloat16 (ties to even, by bit
+arithmetic). Compiled kernels use real bfloat16 operands; both hold the same values.
+"""
+
+from __future__ import annotations
+
+from . import _runtime  # noqa: F401  (decides compiled/interpreted before any kernel is built)
+
+import triton
+import triton.language as tl
+
+# V32: 656-byte token records [512 x fp8 NoPE | 4 x float32 scale | 64 x bf16 RoPE].
+V32_TOKEN_BYTES: tl.constexpr = 656
+V32_SCALE_OFFSET: tl.constexpr = 512
+V32_ROPE_OFFSET: tl.constexpr = 528
+V32_TILE: tl.constexpr = 128
+V32_NUM_TILES: tl.constexpr = 4
+# MODEL1: per page block, data region [B x (448 fp8 NoPE | 64 bf16 RoPE)] of 576-byte rows,
+# then scale region [B x (7 ue8m0 bytes | 1 pad)].
+M1_DATA_BYTES: tl.constexpr = 576
+M1_NOPE: tl.constexpr = 448
+M1_SCALE_BYTES: tl.constexpr = 8
+M1_TILE: tl.constexpr = 64
+M1_NUM_TILES: tl.constexpr = 7
+# The 64 RoPE dims take the 8th 64-wide tile of MODEL1's 512-dim key.
+M1_TILES_PADDED: tl.constexpr = 8
+ROPE_DIM: tl.constexpr = 64
+# 2^-127: ue8m0 byte 0, a float32 subnormal that the exponent-bit construction cannot express.
+UE8M0_ZERO_BYTE_SCALE: tl.constexpr = 5.877471754111438e-39
+
+
+@triton.jit
+def round_to_bf16(x, INTERPRET: tl.constexpr):
+    """float32 -> the dot operand type holding bf16(x), rounded to nearest, ties to even."""
+    if INTERPRET:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # RTNE on the dropped 16 bits
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(tl.bfloat16)
+
+
+@triton.jit
+def bf16_operand(x, INTERPRET: tl.constexpr):
+    """A loaded bfloat16 tensor as a dot operand (float32 in the interpreter, exact)."""
+    if INTERPRET:
+        return x.to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def store_bf16(ptrs, x, mask, INTERPRET: tl.constexpr):
+    """Store float32 `x` as bfloat16, rounded to nearest even, in both modes."""
+    if INTERPRET:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # RTNE, keep the high half
+        tl.store(ptrs, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptrs, x.to(tl.bfloat16), mask=mask)
+
+
+@triton.jit
+def _block_base(pos, stride_block, page_block):
+    """Byte offset (int64) of each position's page block, and the in-block token offset."""
+    block = pos // page_block
+    offset = pos - block * page_block
+    return block.to(tl.int64) * stride_block, offset.to(tl.int64)
+
+
+@triton.jit
+def load_v32_keys(
+    cache_ptr,  # uint8 base of the [num_blocks, B, 1, 656] cache
+    pos,  # [BLOCK_N] int32 cache positions (0 where invalid)
+    valid,  # [BLOCK_N] bool
+    stride_block,  # bytes between page blocks (tensor.stride(0))
+    page_block,  # B, tokens per page block
+    BLOCK_N: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Dequantized keys of a V32 tile: NoPE [BLOCK_N, 512] (= V) and RoPE [BLOCK_N, 64]."""
+    block_base, offset = _block_base(pos, stride_block, page_block)
+    token = cache_ptr + block_base + offset * V32_TOKEN_BYTES  # [BLOCK_N] pointers to records
+    tiles = tl.arange(0, V32_NUM_TILES)
+    cols = tl.arange(0, V32_TILE)
+    # fp8 bytes viewed as [BLOCK_N, 4 tiles, 128]
+    nope_ptrs = token[:, None, None] + (tiles[None, :, None] * V32_TILE + cols[None, None, :])
+    raw = tl.load(nope_ptrs, mask=valid[:, None, None], other=0)
+    nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    # float32 scales used as stored (any value, not assumed a power of two)
+    scale_ptrs = (token[:, None] + V32_SCALE_OFFSET + tiles[None, :] * 4).to(tl.pointer_type(tl.float32))
+    scale = tl.load(scale_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 4]
+    deq = tl.reshape(nope * scale[:, :, None], [BLOCK_N, V32_NUM_TILES * V32_TILE])
+    rope_cols = tl.arange(0, ROPE_DIM)
+    rope_ptrs = (token[:, None] + V32_ROPE_OFFSET + rope_cols[None, :] * 2).to(tl.pointer_type(tl.bfloat16))
+    rope = tl.load(rope_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 64] bf16
+    return round_to_bf16(deq, INTERPRET), bf16_operand(rope, INTERPRET)
+
+
+@triton.jit
+def load_model1_keys(
+    cache_ptr,  # uint8 base of the [num_blocks, B, 1, 584] cache
+    pos,  # [BLOCK_N] int32 cache positions (0 where invalid)
+    valid,  # [BLOCK_N] bool
+    stride_block,  # bytes between page blocks (a multiple of 576)
+    page_block,  # B, tokens per page block
+    BLOCK_N: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Dequantized MODEL1 keys [BLOCK_N, 512]: 448 NoPE dims then 64 RoPE dims (all of it is V)."""
+    block_base, offset = _block_base(pos, stride_block, page_block)
+    data = cache_ptr + block_base + offset * M1_DATA_BYTES  # [BLOCK_N] token data rows
+    scales = cache_ptr + block_base + page_block * M1_DATA_BYTES + offset * M1_SCALE_BYTES
+    tiles = tl.arange(0, M1_TILES_PADDED)
+    cols = tl.arange(0, M1_TILE)
+    is_nope = tiles < M1_NUM_TILES  # tile 7 is the RoPE part
+    nope_ptrs = data[:, None, None] + (tiles[None, :, None] * M1_TILE + cols[None, None, :])
+    nope_mask = valid[:, None, None] & is_nope[None, :, None]
+    raw = tl.load(nope_ptrs, mask=nope_mask, other=0)
+    nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BLOCK_N, 8, 64]
+    # ue8m0: scale = 2^(byte - 127), built from the exponent bits
+    sbyte = tl.load(scales[:, None] + tiles[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
+    sbits = sbyte.to(tl.int32) << 23
+    scale = tl.where(sbyte == 0, UE8M0_ZERO_BYTE_SCALE, sbits.to(tl.float32, bitcast=True))
+    rope_ptrs = (data[:, None] + M1_NOPE + cols[None, :] * 2).to(tl.pointer_type(tl.bfloat16))
+    rope = tl.load(rope_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, 64]
+    deq = tl.where(is_nope[None, :, None], nope * scale[:, :, None], rope[:, None, :])
+    deq = tl.reshape(deq, [BLOCK_N, M1_TILES_PADDED * M1_TILE])
+    return round_to_bf16(deq, INTERPRET)

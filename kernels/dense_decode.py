@@ -1,0 +1,255 @@
+"""Dense MLA decode over a bf16/fp16 paged KV cache in Triton (split-KV plus combine).
+
+``flash_mla_with_kvcache`` (kernels/__init__.py) calls ``dense_decode`` when ``indices`` is None.
+
+Layout of the work: for one sequence and one KV head, the query "rows" are the pairs
+(query token j, head g of the KV head's group), ``s_q * h_q / h_kv`` of them, so that every
+loaded key tile feeds all heads that share it. A sequence's cache is cut into splits of
+``split_tokens`` tokens; each (sequence, split, KV head, row tile) program writes a partial
+output normalised by its own softmax sum plus its natural-log lse, and the combine kernel
+merges a sequence's splits by logsumexp weights.
+
+``split_tokens`` is derived from shapes only (batch size, heads, block-table width), never from
+the values in ``cache_seqlens``; the number of splits of a sequence is ``ceil(len / split_tokens)``,
+decided from its own length. A sequence's result therefore never depends on its batch mates,
+and permuting the batch permutes the outputs bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mlaverify.kernels import _runtime  # first: it selects compiled vs interpreted mode
+
+import torch
+import triton
+import triton.language as tl
+
+from mlaverify.kernels.sparse_prefill import _dot, _dot_pv, _round
+from mlaverify.reference.validation import check_dense_decode_inputs
+
+D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
+D_ROPE = 64  # the second piece of K when d == 576
+MIN_SPLIT_TOKENS = 256  # shorter splits cost more in partial traffic than they gain in occupancy
+
+
+@triton.jit
+def _dense_decode_split_kernel(
+    q_ptr,  # [b, s_q, h_q, d] bf16/fp16
+    k_ptr,  # [num_blocks, page_block_size, h_kv, d], same dtype
+    bt_ptr,  # [b, max_blocks] int32 block table
+    seqlens_ptr,  # [b] int32
+    o_part_ptr,  # [b, n_split, h_kv, rows, 512] f32: per-split output, already normalised
+    lse_part_ptr,  # [b, n_split, h_kv, rows] f32: per-split natural-log lse (-inf: nothing seen)
+    s_q,  # query tokens per sequence
+    h_kv,  # KV heads
+    group,  # h_q // h_kv
+    rows,  # s_q * group
+    n_split,  # splits allotted per sequence in the grid
+    split_tokens,  # tokens per split (a multiple of BLOCK_N)
+    page_block_size,  # tokens per cache block
+    sm_scale,  # softmax scale
+    stride_qb, stride_qs, stride_qh, stride_qd,  # q strides (elements)
+    stride_kn, stride_kp, stride_kh, stride_kd,  # k_cache strides (elements)
+    stride_btb, stride_btn,  # block-table strides (elements)
+    CAUSAL: tl.constexpr,  # query j sees tokens t <= len - s_q + j
+    HAS_ROPE: tl.constexpr,  # d == 576: K has a second 64-wide piece
+    DV: tl.constexpr,  # 512
+    DR: tl.constexpr,  # 64
+    BLOCK_M: tl.constexpr,  # query rows per program
+    BLOCK_N: tl.constexpr,  # cache tokens per step
+    UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
+):
+    tl.static_assert(BLOCK_M >= 16)  # tl.dot needs >= 16 rows when compiled
+    tl.static_assert(BLOCK_N >= 16)
+    pid_seq = tl.program_id(0)
+    seq = (pid_seq // n_split).to(tl.int64)
+    split = pid_seq % n_split
+    n_row_tiles = tl.cdiv(rows, BLOCK_M)
+    kvh = tl.program_id(1) // n_row_tiles
+    tile = tl.program_id(1) % n_row_tiles
+
+    seqlen = tl.load(seqlens_ptr + seq)
+    start = split * split_tokens
+    if start < seqlen:  # splits past the sequence's own length write nothing (combine skips them)
+        r = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = r < rows
+        j = r // group  # query token of each row
+        head = (kvh * group + r % group).to(tl.int64)  # query head of each row
+        offs_v = tl.arange(0, DV)
+        offs_r = tl.arange(0, DR)
+        q_row = q_ptr + seq * stride_qb + j.to(tl.int64)[:, None] * stride_qs + head[:, None] * stride_qh
+        q_main = tl.load(q_row + offs_v[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+        if HAS_ROPE:
+            q_rope = tl.load(q_row + (DV + offs_r)[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+
+        end = tl.minimum(seqlen, start + split_tokens)
+        if CAUSAL:
+            limit = seqlen - s_q + j + 1  # [BLOCK_M]: tokens t < limit are visible (may be <= 0)
+            j_last = (tl.minimum(rows, (tile + 1) * BLOCK_M) - 1) // group
+            end = tl.minimum(end, seqlen - s_q + j_last + 1)  # no row of this tile sees further
+        else:
+            limit = tl.zeros([BLOCK_M], tl.int32) + seqlen
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of scaled logits
+        l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp(logit - m_i)
+        acc = tl.zeros([BLOCK_M, DV], tl.float32)  # running sum of exp(logit - m_i) * V
+        for t0 in range(start, end, BLOCK_N):
+            t = t0 + tl.arange(0, BLOCK_N)
+            t_ok = t < end
+            # block-table entries and cache slots past the sequence may be garbage: mask before use
+            blk = tl.load(bt_ptr + seq * stride_btb + (t // page_block_size) * stride_btn, mask=t_ok, other=0)
+            slot = tl.where(t_ok, blk, 0).to(tl.int64) * stride_kn + (t % page_block_size) * stride_kp
+            k_row = k_ptr + slot[:, None] + kvh * stride_kh
+            k_main = tl.load(k_row + offs_v[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
+            scores = _dot(q_main, tl.trans(k_main), UPCAST)  # [BLOCK_M, BLOCK_N], f32 accumulate
+            if HAS_ROPE:
+                k_rope = tl.load(k_row + (DV + offs_r)[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
+                scores += _dot(q_rope, tl.trans(k_rope), UPCAST)
+            visible = t_ok[None, :] & (t[None, :] < limit[:, None])
+            scores = tl.where(visible, scores * sm_scale, float("-inf"))
+
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet: no inf - inf
+            alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
+            p = tl.exp(scores - m_shift[:, None])  # invisible tokens give exp(-inf) = 0
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + _dot_pv(p, k_main, UPCAST)  # V = K[:, :512]
+            m_i = m_new
+
+        seen = l_i > 0.0
+        l_safe = tl.where(seen, l_i, 1.0)
+        part = (seq * n_split + split) * h_kv + kvh  # (seq, split, kvh)
+        part_rows = part * rows + r
+        tl.store(lse_part_ptr + part_rows, tl.where(seen, m_i + tl.log(l_safe), float("-inf")), mask=row_ok)
+        o = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
+        tl.store(o_part_ptr + part_rows[:, None] * DV + offs_v[None, :], o, mask=row_ok[:, None])
+
+
+@triton.jit
+def _dense_decode_combine_kernel(
+    o_part_ptr,  # [b, n_split, h_kv, rows, 512] f32
+    lse_part_ptr,  # [b, n_split, h_kv, rows] f32
+    seqlens_ptr,  # [b] int32
+    out_ptr,  # [b, s_q, h_q, 512] q dtype
+    lse_ptr,  # [b, h_q, s_q] f32, contiguous
+    s_q, h_q, h_kv, group,  # shapes
+    n_split,  # splits allotted per sequence
+    split_tokens,  # tokens per split
+    stride_ob, stride_os, stride_oh, stride_od,  # out strides (elements)
+    DV: tl.constexpr,  # 512
+    BLOCK_H: tl.constexpr,  # query heads per program
+    UPCAST: tl.constexpr,  # interpreted launch: round bf16 by hand (see _round)
+):
+    seq = (tl.program_id(0) // s_q).to(tl.int64)
+    j = tl.program_id(0) % s_q
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = heads < h_q
+    rows = s_q * group
+    row = (heads // group) * rows + j * group + heads % group  # (kvh, row) flattened
+    offs_v = tl.arange(0, DV)
+
+    seqlen = tl.load(seqlens_ptr + seq)
+    n_used = tl.cdiv(seqlen, split_tokens)  # this sequence's own split count
+    part0 = seq * n_split * h_kv * rows
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for s in range(0, n_used):
+        lse_s = tl.load(lse_part_ptr + part0 + s * h_kv * rows + row, mask=head_ok, other=float("-inf"))
+        m = tl.maximum(m, lse_s)
+    m_shift = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, DV], tl.float32)
+    for s in range(0, n_used):
+        at = part0 + s * h_kv * rows + row
+        w = tl.exp(tl.load(lse_part_ptr + at, mask=head_ok, other=float("-inf")) - m_shift)  # 0 for empty splits
+        o_s = tl.load(o_part_ptr + at.to(tl.int64)[:, None] * DV + offs_v[None, :], mask=head_ok[:, None], other=0.0)
+        total += w
+        acc += w[:, None] * o_s
+    seen = total > 0.0
+    t_safe = tl.where(seen, total, 1.0)
+    out = tl.where(seen[:, None], acc / t_safe[:, None], 0.0)  # no visible token: out 0
+    lse = tl.where(seen, m_shift + tl.log(t_safe), float("inf"))  # ... and lse +inf
+    out_row = out_ptr + seq * stride_ob + j * stride_os + heads.to(tl.int64)[:, None] * stride_oh
+    tl.store(out_row + offs_v[None, :] * stride_od, _round(out, out_ptr.dtype.element_ty, UPCAST), mask=head_ok[:, None])
+    tl.store(lse_ptr + (seq * h_q + heads) * s_q + j, lse, mask=head_ok)
+
+
+def _split_tokens(b: int, h_kv: int, row_tiles: int, max_len: int, block_n: int, parallelism: int) -> int:
+    """Tokens per split, from shapes only (so results never depend on batch mates' lengths).
+
+    Aims at about two programs per SM for the longest possible sequence, never below
+    MIN_SPLIT_TOKENS (nor BLOCK_N) tokens per split.
+    """
+    programs = max(1, b * h_kv * row_tiles)
+    n_split = max(1, min(triton.cdiv(2 * parallelism, programs), triton.cdiv(max(max_len, 1), MIN_SPLIT_TOKENS)))
+    per_split = triton.cdiv(max(max_len, 1), n_split)
+    return triton.cdiv(per_split, block_n) * block_n
+
+
+def _launch_config(rows: int, interpreted: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, split num_warps, combine BLOCK_H) for this many query rows per KV head."""
+    if interpreted:
+        # the interpreter pays per operation, not per element: few large programs are fastest
+        return max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 64
+    # compiled for sm_90: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles without
+    # spills at 16 rows x 4 warps and 32 rows x 8 warps; the combine keeps 16 heads x 512 in f32
+    block_m = 16 if rows <= 16 else 32
+    return block_m, 32, (4 if block_m == 16 else 8), 16
+
+
+def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, split_tokens=None):
+    """Launch split + combine on validated inputs; returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
+
+    ``split_tokens`` (a multiple of the launch's BLOCK_N) overrides the shape-derived split size.
+    """
+    b, s_q, h_q, d = q.shape
+    page_block_size, h_kv = k_cache.shape[1], k_cache.shape[2]
+    group, rows = h_q // h_kv, s_q * (h_q // h_kv)
+    interpreted = _runtime.INTERPRETED
+    block_m, block_n, num_warps, block_h = _launch_config(rows, interpreted)
+    row_tiles = triton.cdiv(rows, block_m)
+    max_len = block_table.shape[1] * page_block_size  # validation: every length is at most this
+    if split_tokens is None:
+        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, block_n, _runtime.parallelism(q.device))
+    elif split_tokens < 1 or split_tokens % block_n:
+        raise ValueError(f"split_tokens: expected a positive multiple of BLOCK_N={block_n}, got {split_tokens}")
+    n_split = triton.cdiv(max(max_len, 1), split_tokens)
+
+    o_part = torch.empty((b, n_split, h_kv, rows, D_V), dtype=torch.float32, device=q.device)
+    lse_part = torch.empty((b, n_split, h_kv, rows), dtype=torch.float32, device=q.device)
+    out = torch.empty((b, s_q, h_q, D_V), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
+    scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
+    # (sequence, split) on grid axis 0 (limit 2^31 - 1); (KV head, row tile) on axis 1
+    _dense_decode_split_kernel[(b * n_split, h_kv * row_tiles)](
+        q, k_cache, block_table, cache_seqlens, o_part, lse_part,
+        s_q, h_kv, group, rows, n_split, split_tokens, page_block_size, scale,
+        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+        block_table.stride(0), block_table.stride(1),
+        CAUSAL=bool(causal) and s_q > 0, HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
+        BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpreted, num_warps=num_warps, num_stages=1,
+    )
+    _dense_decode_combine_kernel[(b * s_q, triton.cdiv(h_q, block_h))](
+        o_part, lse_part, cache_seqlens, out, lse,
+        s_q, h_q, h_kv, group, n_split, split_tokens,
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        DV=D_V, BLOCK_H=block_h, UPCAST=interpreted, num_warps=4,
+    )
+    return out, lse
+
+
+def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal):
+    """Dense decode: out [b, s_q, h_q, 512] in q's dtype and lse [b, h_q, s_q] float32 (natural log).
+
+    Sequence i attends to its first cache_seqlens[i] tokens; query head h reads KV head
+    h // (h_q // h_kv); with ``causal``, query j sees tokens t <= len - s_q + j. A query with no
+    visible token gives out 0 and lse +inf.
+    """
+    check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v)
+    if softmax_scale is not None and (
+        isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale)
+    ):
+        raise TypeError(f"softmax_scale: expected None or a finite python float, got {softmax_scale!r}")
+    _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
+    return dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal)

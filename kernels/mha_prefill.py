@@ -1,0 +1,157 @@
+"""Dense MHA prefill in Triton: FlashMLA's ``flash_attn_varlen_func`` and its packed variants.
+
+operations.md section 4. Forward and backward are Triton kernels (``_mha_prefill_fwd``,
+``_mha_prefill_bwd``) behind one ``torch.autograd.Function``. GQA is supported in both
+directions; dk/dv are summed over the query heads of a group without atomics, so repeated
+runs are bit-identical. Input checks are the ones of ``mlaverify.reference.mha_prefill``.
+"""
+
+from __future__ import annotations
+
+from . import _runtime  # first: decides compiled vs interpreter mode before any kernel is built
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from mlaverify.reference.mha_prefill import (
+    MhaPrefillShapes,
+    check_mha_options,
+    check_mha_prefill_inputs,
+    resolve_softmax_scale,
+    split_kv_packed,
+    split_qkv_packed,
+)
+
+from ._mha_prefill_bwd import _mha_bwd_dkdv_kernel, _mha_bwd_dq_kernel
+from ._mha_prefill_fwd import _mha_bwd_preprocess_kernel, _mha_fwd_kernel
+
+__all__ = ["flash_attn_varlen_func", "flash_attn_varlen_kvpacked_func", "flash_attn_varlen_qkvpacked_func"]
+
+ROPE_PIECE = 64  # d_qk is split as (d_qk - 64) + 64: 192 = 128 + 64, 128 = 64 + 64 (power-of-two tiles)
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """Tile sizes and launch settings of one kernel."""
+
+    block_m: int  # query rows per tile
+    block_n: int  # keys per tile
+    num_warps: int  # ignored by the interpreter
+    num_stages: int  # software-pipelining depth (compiled mode)
+
+
+# Compiled mode (Hopper-class GPU). Interpreter: 16 x 16 tiles so that tiny test shapes still
+# cross several blocks, diagonal blocks and partial blocks.
+_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2), "dkdv": _Tiles(32, 64, 4, 2), "dq": _Tiles(64, 32, 4, 2)}
+_INTERPRETER_TILES = _Tiles(16, 16, 1, 1)
+
+
+def _tiles(kind: str) -> _Tiles:
+    return _INTERPRETER_TILES if _runtime.INTERPRETED else _GPU_TILES[kind]
+
+
+def _pieces(shapes: MhaPrefillShapes) -> tuple[int, int]:
+    return shapes.d_qk - ROPE_PIECE, ROPE_PIECE
+
+
+def _forward(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, causal: bool, store_lo: bool):
+    """(out, lse, out_lo): out_lo = out's rounding residual when store_lo (for the backward), else None."""
+    out = torch.empty(shapes.total_q, shapes.h_q, shapes.d_v, dtype=q.dtype, device=q.device)
+    out_lo = torch.empty_like(out) if store_lo else None
+    lse_buf = torch.empty(shapes.h_q, shapes.total_q, dtype=torch.float32, device=q.device)  # lse.T is returned
+    if shapes.total_q == 0:
+        return out, lse_buf.T, out_lo
+    t = _tiles("fwd")
+    d0, d1 = _pieces(shapes)
+    grid = (triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q)
+    _mha_fwd_kernel[grid](
+        q, k, v, out, lse_buf, out if out_lo is None else out_lo, cu_q, cu_k,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_buf.stride(),
+        scale * math.log2(math.e),
+        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, CAUSAL=causal, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        STORE_LO=store_lo, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
+    )
+    return out, lse_buf.T, out_lo
+
+
+def _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, causal: bool):
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if shapes.total_q == 0 or shapes.total_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    lse_buf = lse.T  # [h_q, total_q] view of the forward's buffer
+    delta = torch.empty(shapes.h_q, shapes.total_q, dtype=torch.float32, device=q.device)
+    d0, d1 = _pieces(shapes)
+    pre = 64 if not _runtime.INTERPRETED else 16
+    _mha_bwd_preprocess_kernel[(triton.cdiv(shapes.total_q, pre), shapes.h_q)](
+        out, out_lo, dout, delta, shapes.total_q, *out.stride(), *dout.stride(), *delta.stride(),
+        DV=shapes.d_v, BLOCK_M=pre,
+    )
+    scale_log2 = scale * math.log2(math.e)
+    t = _tiles("dkdv")
+    _mha_bwd_dkdv_kernel[(triton.cdiv(shapes.max_seqlen_k, t.block_n), shapes.batch, shapes.h_kv)](
+        q, k, v, dout, lse_buf, delta, dk, dv, cu_q, cu_k,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dk.stride(), *dv.stride(),
+        scale, scale_log2,
+        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, CAUSAL=causal,
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
+    )
+    t = _tiles("dq")
+    _mha_bwd_dq_kernel[(triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q)](
+        q, k, v, dout, lse_buf, delta, dq, cu_q, cu_k,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dq.stride(),
+        scale, scale_log2,
+        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, CAUSAL=causal,
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
+    )
+    return dq, dk, dv
+
+
+class _FlashAttnVarlen(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, shapes, scale, causal):
+        out, lse, out_lo = _forward(q, k, v, cu_q, cu_k, shapes, scale, causal, any(ctx.needs_input_grad[:3]))
+        ctx.save_for_backward(q, k, v, out, out_lo, lse, cu_q, cu_k)
+        ctx.config = (shapes, scale, causal)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):  # lse gets no gradient (operations.md section 4)
+        q, k, v, out, out_lo, lse, cu_q, cu_k = ctx.saved_tensors
+        shapes, scale, causal = ctx.config
+        dq, dk, dv = _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes, scale, causal)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,
+                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True):
+    """(out in q's dtype [total_q, h_q, d_v], lse float32 [total_q, h_q] natural log); differentiable."""
+    check_mha_options(dropout_p, softmax_scale, causal, deterministic, is_varlen)
+    shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
+                                      is_varlen=is_varlen)
+    _runtime.require_same_device({"q": q, "k": k, "v": v, "cu_seqlens_qo": cu_seqlens_qo,
+                                  "cu_seqlens_kv": cu_seqlens_kv})
+    scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
+    return _FlashAttnVarlen.apply(q, k, v, cu_seqlens_qo, cu_seqlens_kv, shapes, scale, causal)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, head_dim_qk, dropout_p=0.0, softmax_scale=None,
+                                     causal=False, deterministic=False, is_varlen=True):
+    """qkv [total, h, 2 * head_dim_qk + d_v]; one set of lengths for queries and keys."""
+    q, k, v = split_qkv_packed(qkv, head_dim_qk)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
+                                  softmax_scale, causal, deterministic, is_varlen)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, head_dim_qk,
+                                    dropout_p=0.0, softmax_scale=None, causal=False, deterministic=False,
+                                    is_varlen=True):
+    """kv [total_k, h_kv, head_dim_qk + d_v]."""
+    k, v = split_kv_packed(kv, head_dim_qk)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p,
+                                  softmax_scale, causal, deterministic, is_varlen)

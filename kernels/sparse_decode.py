@@ -1,0 +1,318 @@
+"""Sparse FP8 decode (operations.md section 1) as a split-KV Triton kernel plus a combine kernel.
+
+Work layout. One program of ``_sparse_decode_split_kernel`` takes one query row (batch ``i``,
+query token ``j``), a tile of up to ``BLOCK_H`` heads, and one split of the row's index lists.
+It walks its share of the main list, then its share of the extra list, ``BLOCK_N`` entries at
+a time: each key is dequantized from FP8 once and serves every head of the tile as the
+M dimension of ``tl.dot``. The online softmax runs in the exp2 domain (log2(e) folded into
+the scale). Masked entries load nothing, so NaN bytes in unreferenced slots never reach V.
+
+Splits. The number of splits comes from the problem shape only (never from data of other
+sequences); each sequence cuts its own considered lengths (``topk_length``,
+``extra_topk_length``) into that many chunks, so permuting the batch permutes the outputs bit
+for bit, and there are no atomics, so repeated runs are bit-identical. With one split the
+split kernel writes the final output itself; otherwise ``_sparse_decode_combine_kernel``
+merges the partial results by natural-log logsumexp and applies the attention sink.
+"""
+
+from __future__ import annotations
+
+from . import _runtime  # decides compiled/interpreted before any kernel below is built
+
+import dataclasses
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from mlaverify.reference.model_type import ModelType
+from mlaverify.reference.validation import check_sparse_decode_inputs
+
+from ._sparse_decode_fp8 import bf16_operand, load_model1_keys, load_v32_keys, round_to_bf16, store_bf16
+
+D_V: tl.constexpr = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
+D_ROPE: tl.constexpr = 64  # V32's second key piece
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _attend_list(
+    acc, m_i, l_i,  # running state: [BLOCK_H, 512] f32, [BLOCK_H] row max (log2 domain), [BLOCK_H] sum
+    q_a, q_b,  # query pieces: [BLOCK_H, 512], [BLOCK_H, 64] (V32 only)
+    cache_ptr, stride_block, page_block,  # uint8 cache, bytes between page blocks, tokens per block
+    idx_ptr, stride_it,  # this row's index list and its element stride
+    start, end,  # entries [start, end) of the list
+    qk_scale_log2,  # softmax_scale * log2(e)
+    IS_MODEL1: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    for n0 in range(start, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        inside = offs < end
+        pos = tl.load(idx_ptr + offs * stride_it, mask=inside, other=-1)
+        valid = inside & (pos != -1)  # only -1 marks an invalid decode entry
+        pos = tl.where(valid, pos, 0)
+        if IS_MODEL1:
+            k_a = load_model1_keys(cache_ptr, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
+            s = tl.dot(q_a, tl.trans(k_a))  # [BLOCK_H, BLOCK_N]
+        else:
+            k_a, k_b = load_v32_keys(cache_ptr, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
+            s = tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))
+        s = tl.where(valid[None, :], s * qk_scale_log2, float("-inf"))  # exp2 domain
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: keep exp2 finite
+        p = tl.exp2(s - m_use[:, None])  # masked entries: exp2(-inf) = 0
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p_hi = round_to_bf16(p, INTERPRET)
+        acc = acc * alpha[:, None] + tl.dot(p_hi, k_a)  # V = the first 512 key dims
+        if SPLIT_P:  # p = p_hi + p_lo to ~2^-17: P @ V nearly as exact as in float32
+            acc += tl.dot(round_to_bf16(p - p_hi.to(tl.float32), INTERPRET), k_a)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _chunk(length, split, num_splits, BLOCK_N: tl.constexpr):
+    """Entries [start, end) of split `split` when this row's `length` entries are cut in `num_splits`."""
+    chunk = tl.cdiv(tl.cdiv(length, num_splits), BLOCK_N) * BLOCK_N
+    start = split * chunk
+    return start, tl.minimum(start + chunk, length)
+
+
+@triton.jit
+def _sparse_decode_split_kernel(
+    q_ptr, stride_qb, stride_qs, stride_qh,  # q [b, s_q, h_q, d_qk] bf16, last dim contiguous
+    cache_ptr, stride_cache, page_block,  # main cache as uint8 bytes; block stride (bytes); B
+    idx_ptr, stride_ib, stride_is, stride_it,  # indices [b, s_q, topk] int32
+    len_ptr, topk,  # topk_length [b] int32 (when HAS_LEN); topk
+    x_cache_ptr, stride_x_cache, x_page_block,  # extra cache (when HAS_EXTRA)
+    x_idx_ptr, stride_xb, stride_xs, stride_xt,  # extra indices [b, s_q, extra_topk]
+    x_len_ptr, x_topk,  # extra_topk_length [b] (when HAS_X_LEN); extra_topk
+    sink_ptr,  # attn_sink [h_q] f32 (when HAS_SINK and FINAL)
+    out_ptr, lse_ptr,  # FINAL: out [b, s_q, h_q, 512] bf16, lse [b, h_q, s_q] f32
+    part_out_ptr, part_lse_ptr,  # not FINAL: [rows, splits, h_q, 512] f32, [rows, splits, h_q] f32
+    s_q, h_q, num_splits,
+    qk_scale_log2,  # softmax_scale * log2(e)
+    IS_MODEL1: tl.constexpr, HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_X_LEN: tl.constexpr,
+    HAS_SINK: tl.constexpr, FINAL: tl.constexpr, SPLIT_P: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    tl.static_assert(BLOCK_H >= 16 and BLOCK_N >= 16, "tl.dot needs tiles of at least 16")
+    pid = tl.program_id(0)
+    row = pid // num_splits  # = i * s_q + j
+    split = pid % num_splits
+    i = row // s_q
+    j = row % s_q
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = heads < h_q  # padded heads compute on zeros and are never stored
+    dims = tl.arange(0, D_V)
+
+    # Query pieces, loaded once: dims [0, 512) and (V32) [512, 576).
+    q_row = q_ptr + i.to(tl.int64) * stride_qb + j.to(tl.int64) * stride_qs + heads[:, None] * stride_qh
+    q_a = bf16_operand(tl.load(q_row + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    if IS_MODEL1:
+        q_b = q_a  # MODEL1 has no second piece; unused
+    else:
+        rope = tl.arange(0, D_ROPE)
+        q_b = bf16_operand(tl.load(q_row + D_V + rope[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+
+    acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+
+    length = topk
+    if HAS_LEN:
+        length = tl.load(len_ptr + i)
+    start, end = _chunk(length, split, num_splits, BLOCK_N)
+    idx_row = idx_ptr + i.to(tl.int64) * stride_ib + j.to(tl.int64) * stride_is
+    acc, m_i, l_i = _attend_list(
+        acc, m_i, l_i, q_a, q_b, cache_ptr, stride_cache, page_block, idx_row, stride_it, start, end,
+        qk_scale_log2, IS_MODEL1, SPLIT_P, BLOCK_N, INTERPRET,
+    )
+    if HAS_EXTRA:
+        x_length = x_topk
+        if HAS_X_LEN:
+            x_length = tl.load(x_len_ptr + i)
+        x_start, x_end = _chunk(x_length, split, num_splits, BLOCK_N)
+        x_row = x_idx_ptr + i.to(tl.int64) * stride_xb + j.to(tl.int64) * stride_xs
+        acc, m_i, l_i = _attend_list(
+            acc, m_i, l_i, q_a, q_b, x_cache_ptr, stride_x_cache, x_page_block, x_row, stride_xt, x_start,
+            x_end, qk_scale_log2, IS_MODEL1, SPLIT_P, BLOCK_N, INTERPRET,
+        )
+
+    empty = l_i == 0.0  # no valid entry in this split
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2  # back to natural log
+    if FINAL:
+        lse = tl.where(empty, float("inf"), lse)
+        if HAS_SINK:
+            sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
+            # 1 / (1 + exp(sink - lse)); empty rows stay 0 whatever the sink
+            out = out * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink - lse)))[:, None]
+        out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
+        store_bf16(out_rows + dims[None, :], out, head_ok[:, None], INTERPRET)
+        tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
+    else:
+        lse = tl.where(empty, float("-inf"), lse)
+        slot = (row.to(tl.int64) * num_splits + split) * h_q + heads  # [BLOCK_H]
+        tl.store(part_out_ptr + slot[:, None] * D_V + dims[None, :], out, mask=head_ok[:, None])
+        tl.store(part_lse_ptr + slot, lse, mask=head_ok)
+
+
+@triton.jit
+def _sparse_decode_combine_kernel(
+    part_out_ptr, part_lse_ptr,  # [rows, splits, h_q, 512] f32, [rows, splits, h_q] f32 (-inf: empty)
+    sink_ptr,  # attn_sink [h_q] f32 (when HAS_SINK)
+    out_ptr, lse_ptr,  # out [b, s_q, h_q, 512] bf16, lse [b, h_q, s_q] f32
+    s_q, h_q, num_splits,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    row = tl.program_id(0)
+    i = row // s_q
+    j = row % s_q
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = heads < h_q
+    dims = tl.arange(0, D_V)
+    splits = tl.arange(0, BLOCK_S)
+    base = row.to(tl.int64) * num_splits
+    lse_ptrs = part_lse_ptr + (base + splits)[:, None] * h_q + heads[None, :]
+    parts = tl.load(lse_ptrs, mask=(splits < num_splits)[:, None] & head_ok[None, :], other=float("-inf"))
+    m = tl.max(parts, 0)  # [BLOCK_H]
+    empty = m == float("-inf")
+    m_use = tl.where(empty, 0.0, m)
+    total = tl.sum(tl.exp(parts - m_use[None, :]), 0)  # natural-log logsumexp of the partials
+    lse = tl.where(empty, float("inf"), m_use + tl.log(tl.where(empty, 1.0, total)))
+    acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
+    for s in range(0, num_splits):  # fixed order: bit-identical runs
+        slot = (base + s) * h_q + heads
+        part_lse = tl.load(part_lse_ptr + slot, mask=head_ok, other=float("-inf"))
+        weight = tl.where(empty, 0.0, tl.exp(part_lse - lse))  # empty split: exp(-inf) = 0
+        part = tl.load(part_out_ptr + slot[:, None] * D_V + dims[None, :], mask=head_ok[:, None], other=0.0)
+        acc += weight[:, None] * part
+    if HAS_SINK:
+        sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
+        acc = acc * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink - lse)))[:, None]
+    out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
+    store_bf16(out_rows + dims[None, :], acc, head_ok[:, None], INTERPRET)
+    tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes of one launch; chosen from shapes only (never from tensor contents)."""
+
+    block_h: int  # heads per program: the M dim of tl.dot, >= 16; each key is dequantized once per tile
+    block_n: int  # index entries per loop step
+    num_splits: int  # programs per (query row, head tile); 1: the split kernel writes the output
+    num_warps: int  # compiled mode only
+    num_stages: int  # compiled mode only
+    # P @ V as two bf16 dots (p = p_hi + p_lo): one bf16 rounding of P costs up to 2^-9 relative per
+    # weight, which breaks the 1e-3 / 2-ulp out tolerance for short lists of unit-scale values.
+    split_p: bool = True
+
+
+MAX_SPLITS = 64  # the combine kernel reads all partial lse of a row at once
+MIN_STEPS_PER_SPLIT = 4  # a split shorter than this many BLOCK_N steps costs more than it saves
+
+
+def choose_config(b: int, s_q: int, h_q: int, total_topk: int, device: torch.device, num_splits=None) -> LaunchConfig:
+    """Heads per program up to 64, and enough splits to give the device ~2 waves of programs.
+
+    The choice depends on (b, s_q, h_q, topk + extra_topk) and the device only, so a sequence's
+    result never depends on what its batch mates contain.
+    """
+    block_h = min(64, max(16, triton.next_power_of_2(h_q)))
+    block_n = 32 if _runtime.INTERPRETED else (32 if block_h >= 64 else 64)
+    programs = b * s_q * math.ceil(h_q / block_h)
+    if num_splits is None:
+        want = math.ceil(2 * _runtime.parallelism(device) / programs)
+        useful = math.ceil(total_topk / (MIN_STEPS_PER_SPLIT * block_n))
+        num_splits = max(1, min(want, useful, MAX_SPLITS))
+    elif not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
+    num_warps = 8 if block_h >= 64 else 4
+    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2)
+
+
+def _byte_view(cache: torch.Tensor) -> torch.Tensor:
+    return cache if cache.dtype == torch.uint8 else cache.view(torch.uint8)  # same strides (1-byte types)
+
+
+def sparse_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    softmax_scale: float | None = None,
+    attn_sink: torch.Tensor | None = None,
+    topk_length: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
+    extra_indices: torch.Tensor | None = None,
+    extra_topk_length: torch.Tensor | None = None,
+    head_dim_v: int = 512,
+    num_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse FP8 decode: out [b, s_q, h_q, 512] bf16 and lse [b, h_q, s_q] float32.
+
+    Same arguments and semantics as ``mlaverify.reference.sparse_decode_reference``; inputs are
+    checked by the reference's validation. ``num_splits`` overrides the split count (tests).
+    """
+    shapes = check_sparse_decode_inputs(
+        q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices, extra_topk_length, head_dim_v
+    )
+    device = _runtime.require_same_device({
+        "q": q, "k_cache": k_cache, "indices": indices, "topk_length": topk_length, "attn_sink": attn_sink,
+        "extra_k_cache": extra_k_cache, "extra_indices_in_kvcache": extra_indices,
+        "extra_topk_length": extra_topk_length,
+    })
+    if softmax_scale is not None and (
+        isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale)
+    ):
+        raise TypeError(f"softmax_scale: expected None or a finite python float, got {softmax_scale!r}")
+    b, s_q, h_q, d_qk = q.shape
+    scale = d_qk**-0.5 if softmax_scale is None else float(softmax_scale)
+    has_extra = extra_k_cache is not None
+    cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, device, num_splits)
+    final = cfg.num_splits == 1
+
+    out = torch.empty(b, s_q, h_q, D_V, dtype=torch.bfloat16, device=device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=device)
+    if final:
+        part_out = part_lse = out  # unused placeholders
+    else:
+        part_out = torch.empty(b * s_q, cfg.num_splits, h_q, D_V, dtype=torch.float32, device=device)
+        part_lse = torch.empty(b * s_q, cfg.num_splits, h_q, dtype=torch.float32, device=device)
+
+    cache = _byte_view(k_cache)
+    x_cache = _byte_view(extra_k_cache) if has_extra else cache
+    x_idx = extra_indices if has_extra else indices
+    head_tiles = triton.cdiv(h_q, cfg.block_h)
+    launch = {} if _runtime.INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    _sparse_decode_split_kernel[(b * s_q * cfg.num_splits, head_tiles)](
+        q, q.stride(0), q.stride(1), q.stride(2),
+        cache, cache.stride(0), shapes.page_block_size,
+        indices, indices.stride(0), indices.stride(1), indices.stride(2),
+        topk_length if topk_length is not None else indices, shapes.topk,
+        x_cache, x_cache.stride(0), shapes.extra_page_block_size if has_extra else 1,
+        x_idx, x_idx.stride(0), x_idx.stride(1), x_idx.stride(2),
+        extra_topk_length if extra_topk_length is not None else x_idx, shapes.extra_topk,
+        attn_sink if attn_sink is not None else lse,
+        out, lse, part_out, part_lse,
+        s_q, h_q, cfg.num_splits, scale * math.log2(math.e),
+        IS_MODEL1=shapes.model_type is ModelType.MODEL1, HAS_LEN=topk_length is not None,
+        HAS_EXTRA=has_extra, HAS_X_LEN=extra_topk_length is not None,
+        HAS_SINK=attn_sink is not None, FINAL=final, SPLIT_P=cfg.split_p,
+        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, INTERPRET=_runtime.INTERPRETED, **launch,
+    )
+    if not final:
+        combine_h = min(16, cfg.block_h)
+        _sparse_decode_combine_kernel[(b * s_q, triton.cdiv(h_q, combine_h))](
+            part_out, part_lse, attn_sink if attn_sink is not None else lse, out, lse,
+            s_q, h_q, cfg.num_splits,
+            HAS_SINK=attn_sink is not None, BLOCK_H=combine_h,
+            BLOCK_S=max(2, triton.next_power_of_2(cfg.num_splits)), INTERPRET=_runtime.INTERPRETED,
+            **({} if _runtime.INTERPRETED else {"num_warps": 4}),
+        )
+    return out, lse

@@ -1,0 +1,132 @@
+"""Compare one output tensor against the unrounded reference; returns data, never raises.
+
+    m = compare_tensor("out", actual, ref, Tolerance(1e-3, 2.01 / 128, 5e-6),
+                       expected_shape=(2, 1, 64, 512), expected_dtype=torch.bfloat16)
+    m.passed, m.message, m.max_ulp, m.worst_index, ...
+
+Order of judgement (the first failure names the reason):
+1. `actual` is a tensor of the expected shape and dtype (part of the contract, checked first).
+2. NaN, +inf and -inf sit at exactly the reference's positions.
+3. Every element finite in both passes `|a - r| < atol or |a - r| / |r| < rtol`.
+4. The global cosine difference `1 - 2<a,r> / (|a|^2 + |r|^2)` over elements finite in both is
+   at most `tolerance.cos` (when the output has a cosine bound).
+Metrics are computed in float64 on the CPU. Errors in "bf16 ulps" divide |a - r| by the spacing
+of bfloat16 numbers at the reference value (2^(e - 7) for |r| in [2^e, 2^(e+1)), floored at the
+subnormal spacing 2^-133).
+
+`bits_equal(x, y)` compares two tensors bit for bit (NaN payloads included).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mlaverify.verify.results import Tolerance, TensorMetrics
+
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """True when x and y have the same shape and dtype and identical bytes."""
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return False
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    if x.dtype == torch.bool:
+        return torch.equal(x, y)
+    view = _INT_VIEW[x.element_size()]
+    xi = x.detach().cpu().contiguous().view(view)
+    yi = y.detach().cpu().contiguous().view(view)
+    return torch.equal(xi, yi)
+
+
+def bf16_ulp(ref: torch.Tensor) -> torch.Tensor:
+    """Spacing of bfloat16 numbers at |ref| (float64), 2^-133 at zero and below the normals."""
+    mag = ref.abs()
+    exponent = torch.floor(torch.log2(torch.where(mag > 0, mag, 1.0))).clamp_min(-126.0)
+    ulp = torch.exp2(exponent - 7.0)
+    return torch.where(mag > 0, ulp, 2.0**-133)
+
+
+def _fmt(x: float | None) -> str:
+    return "None" if x is None else f"{x:.4g}"
+
+
+def _fail(name: str, tol: Tolerance, message: str, actual, expected_shape, expected_dtype) -> TensorMetrics:
+    is_t = isinstance(actual, torch.Tensor)
+    return TensorMetrics(
+        name=name, passed=False, message=f"{name}: {message}", tolerance=tol,
+        shape=tuple(actual.shape) if is_t else None, dtype=str(actual.dtype) if is_t else None,
+        expected_shape=tuple(expected_shape), expected_dtype=str(expected_dtype),
+        numel=int(actual.numel()) if is_t else 0,
+    )
+
+
+def compare_tensor(name: str, actual: object, reference: torch.Tensor, tolerance: Tolerance, *,
+                   expected_shape: tuple[int, ...] | None = None,
+                   expected_dtype: torch.dtype | None = None) -> TensorMetrics:
+    """Judge `actual` against `reference` (see module docstring); never raises on bad `actual`."""
+    if not isinstance(reference, torch.Tensor):
+        raise TypeError(f"reference: expected a torch.Tensor, got {type(reference).__name__}")
+    shape = tuple(reference.shape) if expected_shape is None else tuple(expected_shape)
+    dtype = reference.dtype if expected_dtype is None else expected_dtype
+    if not isinstance(actual, torch.Tensor):
+        return _fail(name, tolerance, f"expected a torch.Tensor, got {type(actual).__name__}", actual, shape, dtype)
+    if tuple(actual.shape) != shape:
+        return _fail(name, tolerance, f"expected shape {list(shape)}, got {list(actual.shape)}", actual, shape, dtype)
+    if actual.dtype != dtype:
+        return _fail(name, tolerance, f"expected dtype {dtype}, got {actual.dtype}", actual, shape, dtype)
+    if tuple(reference.shape) != shape:
+        raise ValueError(f"reference: expected shape {list(shape)}, got {list(reference.shape)}")
+
+    a = actual.detach().to("cpu", torch.float64).reshape(-1)
+    r = reference.detach().to("cpu", torch.float64).reshape(-1)
+    n = a.numel()
+    nonfinite_bad = ((a.isnan() != r.isnan()) | (a.isposinf() != r.isposinf()) | (a.isneginf() != r.isneginf()))
+    finite = a.isfinite() & r.isfinite()
+    err = torch.where(finite, (a - r).abs(), 0.0)
+    rel = torch.where(r.abs() > 0, err / r.abs(), torch.where(err > 0, math.inf, 0.0))
+    elem_bad = finite & ~((err < tolerance.atol) | (rel < tolerance.rtol))
+    bad = elem_bad | nonfinite_bad
+    mismatches = int(bad.sum())
+    af, rf = a[finite], r[finite]
+    denom = float((af * af).sum() + (rf * rf).sum())
+    cos_diff = 1.0 - 2.0 * float((af * rf).sum()) / denom if denom > 0 else 0.0
+    cos_diff = max(cos_diff, 0.0)
+    ulps = err[finite] / bf16_ulp(rf)
+    max_ulp = float(ulps.max()) if ulps.numel() else 0.0
+    p99_ulp = float(torch.kthvalue(ulps, max(1, math.ceil(0.99 * ulps.numel())))[0]) if ulps.numel() else 0.0
+    max_abs = float(err.max()) if n else 0.0
+    max_rel = float(rel[finite].max()) if bool(finite.any()) else 0.0
+
+    worst = None
+    if mismatches:  # a misplaced non-finite value first, else the largest error among mismatches
+        score = torch.where(nonfinite_bad, math.inf, torch.where(elem_bad, err, -1.0))
+        worst = int(torch.argmax(score))
+    elif n:
+        worst = int(torch.argmax(err))
+    worst_index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), shape)) if worst is not None else None
+    worst_value = float(a[worst]) if worst is not None else None
+    worst_ref = float(r[worst]) if worst is not None else None
+
+    cos_bad = tolerance.cos is not None and cos_diff > tolerance.cos
+    passed = mismatches == 0 and not cos_bad
+    where = f"at {list(worst_index)} (ref {_fmt(worst_ref)}, got {_fmt(worst_value)})" if worst is not None else ""
+    nonfinite = int(nonfinite_bad.sum())
+    if mismatches:
+        kind = f", {nonfinite} with misplaced NaN/inf" if nonfinite else ""
+        message = (f"{name} mismatch: {mismatches} / {n} ({100.0 * mismatches / n:.2f}%) elements{kind}; "
+                   f"worst abs {max_abs:.3g} {where}, {tolerance.describe()}")
+    elif cos_bad:
+        message = (f"{name} cosine difference {cos_diff:.3g} exceeds {tolerance.cos:.3g}; "
+                   f"worst abs {max_abs:.3g} {where}")
+    else:
+        message = f"{name} ok: max abs {max_abs:.3g}, max {max_ulp:.3g} ulp, cos diff {cos_diff:.3g}"
+    return TensorMetrics(
+        name=name, passed=passed, message=message, tolerance=tolerance,
+        shape=tuple(actual.shape), dtype=str(actual.dtype), expected_shape=shape, expected_dtype=str(dtype),
+        numel=n, mismatches=mismatches, nonfinite_mismatches=nonfinite,
+        mismatch_fraction=mismatches / n if n else 0.0, max_abs=max_abs, max_rel=max_rel, cos_diff=cos_diff,
+        max_ulp=max_ulp, p99_ulp=p99_ulp, worst_index=worst_index, worst_value=worst_value, worst_ref=worst_ref,
+    )

@@ -1,0 +1,205 @@
+"""What every report format shares: loading, merging, grouping, the discrepancy table, replay commands.
+
+Reports are the engine's `Report` objects (mlaverify.verify.results); this module only reads them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from mlaverify.verify.results import CaseResult, Report, TensorMetrics
+
+__all__ = ["ReportError", "load_report", "write_atomic", "merge_reports", "group_by_op_model", "feature_matrix",
+           "discrepancy_table", "replay_command", "worst_cases", "case_score", "fmt_num", "METRIC_LABELS"]
+
+# Metrics shown in tables and compared by the gate, in display order, with their column labels.
+METRIC_LABELS = {
+    "max_ulp": "max ulp",
+    "p99_ulp": "p99 ulp",
+    "cos_diff": "cos diff",
+    "max_abs": "max abs",
+    "max_rel": "max rel",
+    "mismatch_fraction": "mismatch frac",
+}
+
+
+class ReportError(Exception):
+    """A report file cannot be read or combined; the message is for the user."""
+
+
+def load_report(path: str | os.PathLike) -> Report:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"report {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return Report.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReportError(f"report {path}: not a mla-verify JSON report ({exc})") from None
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def merge_reports(reports: Sequence[Report]) -> Report:
+    """One report holding every case of ``reports`` (shards of one run, or runs of one implementation).
+
+    Cases are ordered by id; a case id present twice is an error (the same shard merged twice),
+    as is mixing implementations.
+    """
+    if not reports:
+        raise ReportError("merge: expected at least one report, got none")
+    specs = {json.dumps(r.implementation.get("spec"), sort_keys=True) for r in reports}
+    if len(specs) > 1:
+        raise ReportError(f"merge: the reports verify different implementations ({sorted(specs)}); merge one at a time")
+    seen: dict[str, int] = {}
+    cases: list[CaseResult] = []
+    for i, report in enumerate(reports):
+        for c in report.cases:
+            if c.id in seen:
+                raise ReportError(f"merge: case {c.id} appears in report {seen[c.id] + 1} and report {i + 1}; "
+                                  "each shard must be merged once")
+            seen[c.id] = i
+            cases.append(c)
+    cases.sort(key=lambda c: c.id)
+    first = reports[0]
+    settings = dict(first.settings)
+    shards = sorted({str(r.settings.get("shard")) for r in reports if r.settings.get("shard")})
+    settings["shard"] = None
+    if shards:
+        settings["merged_shards"] = shards
+    return Report(cases=cases, environment=dict(first.environment), implementation=dict(first.implementation),
+                  settings=settings, created=max(r.created for r in reports))
+
+
+def group_by_op_model(cases: Iterable[CaseResult]) -> dict[str, list[CaseResult]]:
+    groups: dict[str, list[CaseResult]] = defaultdict(list)
+    for c in cases:
+        groups[f"{c.case.op}/{c.case.model}"].append(c)
+    return dict(sorted(groups.items()))
+
+
+def feature_matrix(cases: Iterable[CaseResult]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    """(features, columns "op/model", {(feature, column): {"pass": n, "fail": n, "skip": n}}).
+
+    "fail" counts fail and error: both mean the case did not pass.
+    """
+    cells: dict[tuple[str, str], dict] = defaultdict(lambda: {"pass": 0, "fail": 0, "skip": 0})
+    features, columns = set(), set()
+    for c in cases:
+        column = f"{c.case.op}/{c.case.model}"
+        columns.add(column)
+        kind = {"pass": "pass", "skip": "skip"}.get(c.status, "fail")
+        for feature in c.case.features():
+            features.add(feature)
+            cells[(feature, column)][kind] += 1
+    return sorted(features, key=_feature_key), sorted(columns), dict(cells)
+
+
+def _feature_key(feature: str) -> tuple:
+    head = feature.split(":")[0].rstrip("0123456789")
+    digits = "".join(ch for ch in feature if ch.isdigit())
+    return (head, int(digits) if digits and feature[len(head):].isdigit() else -1, feature)
+
+
+def case_score(c: CaseResult) -> float:
+    """Badness for ranking: failures first, then the largest ulp error of any output."""
+    worst = max((m.max_ulp for m in c.outputs.values() if m.max_ulp is not None and not math.isnan(m.max_ulp)),
+                default=0.0)
+    return (1e30 if c.status in ("fail", "error") else 0.0) + worst
+
+
+def worst_cases(cases: Iterable[CaseResult], n: int) -> list[CaseResult]:
+    return sorted((c for c in cases if c.status != "skip"), key=case_score, reverse=True)[:n]
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _metrics_row(m: TensorMetrics) -> list[str]:
+    worst = "-" if m.worst_index is None else "[" + ", ".join(map(str, m.worst_index)) + "]"
+    return [
+        m.name,
+        "ok" if m.passed else "FAIL",
+        f"{m.mismatches}/{m.numel}",
+        str(m.nonfinite_mismatches),
+        fmt_num(m.max_abs),
+        fmt_num(m.max_rel),
+        fmt_num(m.max_ulp),
+        fmt_num(m.p99_ulp),
+        fmt_num(m.cos_diff),
+        worst,
+        f"{fmt_num(m.worst_value, 5)} vs {fmt_num(m.worst_ref, 5)}",
+        m.tolerance.describe().replace("allowed ", ""),
+    ]
+
+
+_TABLE_HEAD = ["output", "verdict", "mismatches", "nonfinite", "max abs", "max rel", "max ulp", "p99 ulp",
+               "cos diff", "worst at", "got vs ref", "tolerance"]
+
+
+def discrepancy_rows(c: CaseResult) -> tuple[list[str], list[list[str]]]:
+    return list(_TABLE_HEAD), [_metrics_row(m) for m in c.outputs.values()]
+
+
+def text_table(head: list[str], rows: list[list[str]], indent: str = "  ") -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    lines = [indent + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    lines.insert(1, indent + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def discrepancy_table(c: CaseResult, indent: str = "  ") -> str:
+    """Plain-text table of every output's metrics plus the behavioural checks that failed."""
+    parts = []
+    head, rows = discrepancy_rows(c)
+    if rows:
+        parts.append(text_table(head, rows, indent))
+    for check in c.checks.values():
+        if not check.passed:
+            parts.append(f"{indent}check {check.name} failed: {check.reason}")
+    if not parts:
+        parts.append(f"{indent}(no outputs compared) {c.reason}")
+    return "\n".join(parts)
+
+
+def replay_command(c: CaseResult, impl: str | None, replay_file: str | os.PathLike | None = None) -> str:
+    target = str(replay_file) if replay_file is not None else c.id
+    cmd = ["mlaverify", "replay", target]
+    if impl:
+        cmd += ["--impl", impl]
+    return shlex.join(cmd)
+
+
+def impl_spec(report: Report) -> str | None:
+    spec = report.implementation.get("spec")
+    return str(spec) if spec else None

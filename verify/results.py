@@ -1,0 +1,263 @@
+"""Result records of the verification engine: plain dataclasses with JSON round trips.
+
+- `Tolerance`: the allowed error of one output (atol, rtol, optional cosine-difference bound).
+- `TensorMetrics`: the comparison of one output tensor against the unrounded reference.
+- `CheckResult`: one behavioural check (inputs unmodified, repeat bit-identical, batch permutation).
+- `CaseResult`: one case: status "pass" | "fail" | "error" | "skip", reason, metrics, checks.
+- `Report`: a whole run; `Report.to_json()` / `Report.from_json()`; `summary` is derived from
+  the cases, so merged reports stay consistent.
+
+Status meanings: "fail" = the implementation is wrong (mismatch, exception, wrong number of
+outputs, wrong shape or dtype, a behavioural check failed); "error" = the engine could not
+judge the case (materializing the inputs or computing the reference failed); "skip" = the
+implementation's capability profile does not claim the case (reason says why). Only "pass"
+passes; a run passes when no case failed or errored (skips are listed, never counted as passes).
+
+JSON: non-finite floats are written as the strings "nan", "inf", "-inf" (strict JSON).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from mlaverify.verify.cases import Case
+
+SCHEMA_VERSION = 1
+TOOL_NAME = "mla-verify"
+STATUSES = ("pass", "fail", "error", "skip")
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mla-verify")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def json_float(x: float | None) -> float | str | None:
+    """A float as strict JSON: finite floats stay, non-finite ones become strings."""
+    if x is None:
+        return None
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def float_from_json(x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, str):
+        if x not in ("nan", "inf", "-inf"):
+            raise ValueError(f"float field: expected a number or 'nan'/'inf'/'-inf', got {x!r}")
+        return float(x)
+    return float(x)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float                 # element passes when |a - r| < atol ...
+    rtol: float                 # ... or |a - r| / |r| < rtol
+    cos: float | None = None    # global bound on 1 - 2<a,r>/(|a|^2+|r|^2); None: not checked
+
+    def describe(self) -> str:
+        text = f"allowed {self.atol:.3g} abs or {self.rtol:.4g} rel"
+        return text + (f", cos diff {self.cos:.3g}" if self.cos is not None else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "cos": self.cos}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Tolerance":
+        return cls(float(d["atol"]), float(d["rtol"]), None if d.get("cos") is None else float(d["cos"]))
+
+
+_FLOAT_METRICS = ("mismatch_fraction", "max_abs", "max_rel", "cos_diff", "max_ulp", "p99_ulp",
+                  "worst_value", "worst_ref")
+
+
+@dataclass(frozen=True)
+class TensorMetrics:
+    """Comparison of one output; `passed` is the verdict, `message` says why in one line."""
+
+    name: str                                   # "out", "lse", "max_logits", "dq", ...
+    passed: bool
+    message: str                                # torch.testing-style one-liner
+    tolerance: Tolerance
+    shape: tuple[int, ...] | None = None        # actual (None when not a tensor)
+    dtype: str | None = None                    # actual, e.g. "torch.bfloat16"
+    expected_shape: tuple[int, ...] = ()
+    expected_dtype: str = ""
+    numel: int = 0
+    mismatches: int = 0                         # elements failing abs-or-rel or non-finite placement
+    nonfinite_mismatches: int = 0               # NaN / +inf / -inf positions that differ
+    mismatch_fraction: float = 0.0
+    max_abs: float = 0.0                        # over elements finite in both
+    max_rel: float = 0.0
+    cos_diff: float = 0.0
+    max_ulp: float = 0.0                        # error in bf16 ulps of the reference value
+    p99_ulp: float = 0.0
+    worst_index: tuple[int, ...] | None = None  # worst element (a mismatch if any)
+    worst_value: float | None = None
+    worst_ref: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tolerance"] = self.tolerance.to_dict()
+        for k in ("shape", "expected_shape", "worst_index"):
+            d[k] = None if d[k] is None else list(d[k])
+        for k in _FLOAT_METRICS:
+            d[k] = json_float(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TensorMetrics":
+        kw = dict(d)
+        kw["tolerance"] = Tolerance.from_dict(d["tolerance"])
+        for k in ("shape", "expected_shape", "worst_index"):
+            kw[k] = None if kw.get(k) is None else tuple(int(v) for v in kw[k])
+        for k in _FLOAT_METRICS:
+            kw[k] = float_from_json(kw.get(k))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str        # "inputs_unmodified" | "repeat_bitwise" | "batch_permutation"
+    passed: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CheckResult":
+        return cls(str(d["name"]), bool(d["passed"]), str(d.get("reason", "")))
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    status: str                                           # one of STATUSES
+    reason: str = ""                                      # first failure, skip or error reason
+    outputs: dict[str, TensorMetrics] = field(default_factory=dict)
+    checks: dict[str, CheckResult] = field(default_factory=dict)
+    duration_s: float = 0.0
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)   # used, per output
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status: expected one of {list(STATUSES)}, got {self.status!r}")
+
+    @property
+    def id(self) -> str:
+        return self.case.id
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.case.id,
+            "case": self.case.to_dict(),
+            "status": self.status,
+            "reason": self.reason,
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "checks": {k: v.to_dict() for k, v in self.checks.items()},
+            "tolerances": {k: v.to_dict() for k, v in self.tolerances.items()},
+            "duration_s": self.duration_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CaseResult":
+        return cls(
+            case=Case.from_dict(d["case"]),
+            status=str(d["status"]),
+            reason=str(d.get("reason", "")),
+            outputs={k: TensorMetrics.from_dict(v) for k, v in d.get("outputs", {}).items()},
+            checks={k: CheckResult.from_dict(v) for k, v in d.get("checks", {}).items()},
+            duration_s=float(d.get("duration_s", 0.0)),
+            tolerances={k: Tolerance.from_dict(v) for k, v in d.get("tolerances", {}).items()},
+        )
+
+
+def summarize(cases: list[CaseResult]) -> dict[str, Any]:
+    """Counts per status overall and per "op/model"; `passed` is False on any fail or error."""
+    total = Counter(c.status for c in cases)
+    groups: dict[str, Counter] = {}
+    for c in cases:
+        groups.setdefault(f"{c.case.op}/{c.case.model}", Counter())[c.status] += 1
+    counts = {s: total.get(s, 0) for s in STATUSES}
+    return {
+        "total": len(cases),
+        **counts,
+        "passed": counts["fail"] == 0 and counts["error"] == 0,
+        "by_op_model": {k: {s: v.get(s, 0) for s in STATUSES} for k, v in sorted(groups.items())},
+        "duration_s": sum(c.duration_s for c in cases),
+    }
+
+
+@dataclass
+class Report:
+    """A verification run. `environment`, `implementation`, `settings` are free-form JSON dicts:
+    implementation = {"spec", "profile", "capabilities"}; settings = {"ops", "models", "profile",
+    "max_examples", "seed", "shard", "device", "tolerances"}."""
+
+    cases: list[CaseResult]
+    environment: dict[str, Any] = field(default_factory=dict)
+    implementation: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = ""                                     # ISO 8601 UTC
+    tool: dict[str, str] = field(default_factory=lambda: {"name": TOOL_NAME, "version": tool_version()})
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.cases)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.summary["passed"])
+
+    def failures(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.status in ("fail", "error")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tool": dict(self.tool),
+            "created": self.created,
+            "environment": self.environment,
+            "implementation": self.implementation,
+            "settings": self.settings,
+            "cases": [c.to_dict() for c in self.cases],
+            "summary": self.summary,
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Report":
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"report: expected schema_version {SCHEMA_VERSION}, got {version!r}")
+        known = {f.name for f in fields(cls)}
+        return cls(
+            cases=[CaseResult.from_dict(c) for c in d.get("cases", [])],
+            **{k: d[k] for k in ("environment", "implementation", "settings", "created", "tool")
+               if k in d and k in known},
+            schema_version=version,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Report":
+        return cls.from_dict(json.loads(text))
