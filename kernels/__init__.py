@@ -17,8 +17,9 @@ import torch
 
 from mlaverify.reference.api import FlashMLASchedMeta, check_call, get_mla_metadata
 
-from .dense_decode import dense_decode
-from .sparse_decode import sparse_decode
+# Aliased so that the package attributes `dense_decode` / `sparse_decode` stay the submodules.
+from .dense_decode import dense_decode as _dense_decode
+from .sparse_decode import sparse_decode as _sparse_decode
 from .sparse_prefill import flash_mla_sparse_fwd
 
 
@@ -50,12 +51,12 @@ def flash_mla_with_kvcache(
         is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length,
     )
     if mode == "sparse":
-        return sparse_decode(
+        return _sparse_decode(
             q, k_cache, indices, softmax_scale=softmax_scale, attn_sink=attn_sink, topk_length=topk_length,
             extra_k_cache=extra_k_cache, extra_indices=extra_indices_in_kvcache,
             extra_topk_length=extra_topk_length, head_dim_v=head_dim_v,
         )
-    return dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    return _dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
 
 
 from .mha_prefill import (  # noqa: E402  (last: the MHA prefill kernels, owned by the mha team)

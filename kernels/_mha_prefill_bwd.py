@@ -19,16 +19,43 @@ from . import _runtime  # noqa: F401  (decides compiled vs interpreter mode befo
 import triton
 import triton.language as tl
 
-from ._mha_prefill_fwd import _mma, _mma_split, _round16
+from ._mha_prefill_fwd import _key_range, _mma, _mma_split, _round16, _visible
 
-LOG2E = 1.4426950408889634  # log2(e): natural-log lse -> exp2 domain
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): natural-log lse -> exp2 domain
+
+
+@triton.jit
+def _query_range(s_q, s_k, n0, win_left, win_right, MASK_LO: tl.constexpr, MASK_HI: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query rows of key block [n0, n0 + BLOCK_N): (lo, full_lo, full_hi, hi), as _key_range for keys.
+
+    Row j sees key t iff t - right - base <= j (MASK_HI) and j <= t + left - base (MASK_LO),
+    base = s_k - s_q.
+    """
+    base = s_k - s_q
+    if MASK_HI:
+        lo = tl.maximum(n0 - win_right - base, 0)  # the first row that sees key n0
+        lo = (lo // BLOCK_M) * BLOCK_M
+        full_lo = tl.maximum(n0 + BLOCK_N - 1 - win_right - base, 0)  # rows from here see the block's last key
+        full_lo = ((full_lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+    else:
+        lo = s_q * 0
+        full_lo = s_q * 0
+    if MASK_LO:
+        hi = tl.minimum(s_q, tl.maximum(n0 + BLOCK_N + win_left - base, 0))  # past the last row seeing the last key
+        full_hi = tl.minimum(s_q, tl.maximum(n0 + 1 + win_left - base, 0))  # past the last row seeing key n0
+        full_hi = (full_hi // BLOCK_M) * BLOCK_M
+    else:
+        hi = s_q
+        full_hi = s_q
+    return lo, full_lo, full_hi, hi
 
 
 @triton.jit
 def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
-                        stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
-                        D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
-                        MASKED: tl.constexpr, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr):
+                        win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
+                        D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr, MASK_LO: tl.constexpr,
+                        MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr):
     """Add the contribution of query rows [m0, m0 + BLOCK_M) of one head to a key block's dk, dv."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < s_q
@@ -42,8 +69,12 @@ def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo
     s_t = _mma(k0, tl.trans(q0), None, UPCAST)  # [BLOCK_N, BLOCK_M] = (q k^T)^T, D0 piece
     s_t = _mma(k1, tl.trans(q1), s_t, UPCAST)  # plus the D1 piece
     p_t = tl.math.exp2(s_t * scale_log2 - lse2[None, :])  # P^T; rows with lse +inf give 0
-    if MASKED:
-        p_t = tl.where(offs_n[:, None] <= s_k - s_q + offs_m[None, :], p_t, 0.0)  # causal, bottom-right
+    if MASKED:  # keys past s_k only touch their own (unstored) rows; rows past s_q have lse +inf
+        diag = s_k - s_q + offs_m[None, :]  # [1, BLOCK_M]: each row's diagonal key
+        if MASK_HI:
+            p_t = tl.where(offs_n[:, None] <= diag + win_right, p_t, 0.0)
+        if MASK_LO:
+            p_t = tl.where(offs_n[:, None] >= diag - win_left, p_t, 0.0)
     dv = _mma_split(p_t, do, dv, UPCAST)  # dV += P^T dO
     dp_t = _mma(v, tl.trans(do), None, UPCAST)  # dP^T = (dO V^T)^T
     ds_t = p_t * (dp_t - delta[None, :])  # dS^T = P^T * (dP^T - delta)
@@ -64,9 +95,10 @@ def _mha_bwd_dkdv_kernel(
     stride_gkt, stride_gkh, stride_gkd,  # dk strides
     stride_gvt, stride_gvh, stride_gvd,  # dv strides
     softmax_scale, scale_log2,  # softmax_scale and softmax_scale * log2(e)
+    win_left, win_right,  # window bounds (used when MASK_LO / MASK_HI)
     GROUP: tl.constexpr,  # query heads per KV head
     D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,  # d_qk = D0 + D1; d_v
-    CAUSAL: tl.constexpr,
+    MASK_LO: tl.constexpr, MASK_HI: tl.constexpr,  # left (sliding window) / right (causal) bound on keys
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # query rows per step / keys owned by the program
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
 ):
@@ -98,31 +130,28 @@ def _mha_bwd_dkdv_kernel(
     dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
     dv = tl.zeros([BLOCK_N, DV], tl.float32)
 
-    if CAUSAL:
-        # Row j sees key t iff t <= s_k - s_q + j: rows below m_lo see no key of this block,
-        # rows from m_full on see all of them.
-        m_lo = tl.maximum(n0 - (s_k - s_q), 0)
-        m_lo = (m_lo // BLOCK_M) * BLOCK_M
-        m_full = tl.maximum(n0 + BLOCK_N - 1 - (s_k - s_q), 0)
-        m_full = tl.minimum(((m_full + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, s_q)
-        m_full = tl.maximum(m_full, m_lo)
-    else:
-        m_lo = 0
-        m_full = 0
+    lo, full_lo, full_hi, hi = _query_range(s_q, s_k, n0, win_left, win_right, MASK_LO, MASK_HI, BLOCK_M, BLOCK_N)
     for g in range(GROUP):  # the query heads of this KV head, in a fixed order
         h = kvh * GROUP + g
         Q_h = Q + h * stride_qh
         DO_h = DO + h * stride_dh
         Lse_h = Lse + h * stride_lh
         Delta_h = Delta + h * stride_lh
-        for m0 in range(m_lo, m_full, BLOCK_M):
+        for m0 in range(lo, tl.minimum(full_lo, hi), BLOCK_M):  # diagonal edge, masked
             dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
-                                               m0, offs_n, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt,
-                                               scale_log2, D0, D1, DV, True, BLOCK_M, UPCAST)
-        for m0 in range(m_full, s_q, BLOCK_M):
+                                               m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
+                                               stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, True,
+                                               BLOCK_M, UPCAST)
+        for m0 in range(full_lo, full_hi, BLOCK_M):  # rows that see the whole block, no mask
             dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
-                                               m0, offs_n, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt,
-                                               scale_log2, D0, D1, DV, False, BLOCK_M, UPCAST)
+                                               m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
+                                               stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, False,
+                                               BLOCK_M, UPCAST)
+        for m0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_M):  # left window edge, masked
+            dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
+                                               m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
+                                               stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, True,
+                                               BLOCK_M, UPCAST)
 
     dk_rows = (k_lo + offs_n)[:, None] * stride_gkt + kvh * stride_gkh
     tl.store(DK + dk_rows + offs_d0[None, :] * stride_gkd, _round16(dk0 * softmax_scale, DK.dtype.element_ty, UPCAST),
@@ -134,10 +163,10 @@ def _mha_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
+def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left, win_right,
                       stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                      D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
-                      CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+                      D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr, MASK_LO: tl.constexpr,
+                      MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
     """Add key block [n0, n0 + BLOCK_N) to the dq of one query block."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     k_rows = (k_lo + offs_n)[:, None] * stride_kt
@@ -155,10 +184,7 @@ def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_
     s = _mma(q1, tl.trans(k1), s, UPCAST)  # plus the D1 piece
     p = tl.math.exp2(s * scale_log2 - lse2[:, None])  # P recomputed from lse
     if MASKED:
-        visible = offs_n[None, :] < s_k
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= s_k - s_q + offs_m[:, None])
-        p = tl.where(visible, p, 0.0)
+        p = tl.where(_visible(offs_m, offs_n, s_q, s_k, win_left, win_right, MASK_LO, MASK_HI), p, 0.0)
     dp = _mma(do, tl.trans(v), None, UPCAST)  # dP = dO V^T
     ds = p * (dp - delta[:, None])  # dS = P * (dP - delta)
     dq0 = _mma_split(ds, k0, dq0, UPCAST)  # dQ += dS K (times softmax_scale at the end)
@@ -177,8 +203,9 @@ def _mha_bwd_dq_kernel(
     stride_lh, stride_lt,  # lse / delta strides
     stride_gqt, stride_gqh, stride_gqd,  # dq strides
     softmax_scale, scale_log2,
+    win_left, win_right,  # window bounds (used when MASK_LO / MASK_HI)
     GROUP: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_LO: tl.constexpr, MASK_HI: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
 ):
     tl.static_assert(D1 > 0)
@@ -210,23 +237,21 @@ def _mha_bwd_dq_kernel(
     dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
 
-    if CAUSAL:
-        hi = tl.minimum(s_k, tl.maximum(s_k - s_q + m0 + BLOCK_M, 0))
-        full_hi = tl.minimum(s_k, tl.maximum(s_k - s_q + m0 + 1, 0))
-    else:
-        hi = s_k
-        full_hi = s_k
-    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    lo, full_lo, full_hi, hi = _key_range(s_q, s_k, m0, win_left, win_right, MASK_LO, MASK_HI, BLOCK_M, BLOCK_N)
     K_h = K + kvh * stride_kh
     V_h = V + kvh * stride_vh
-    for n0 in range(0, full_hi, BLOCK_N):
+    for n0 in range(lo, tl.minimum(full_lo, hi), BLOCK_N):  # left window edge, masked
         dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
-                                     stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                     D0, D1, DV, CAUSAL, False, BLOCK_N, UPCAST)
-    for n0 in range(full_hi, hi, BLOCK_N):
+                                     win_left, win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                     D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
+    for n0 in range(full_lo, full_hi, BLOCK_N):  # seen by every row, no mask
         dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
-                                     stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                     D0, D1, DV, CAUSAL, True, BLOCK_N, UPCAST)
+                                     win_left, win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                     D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_N, UPCAST)
+    for n0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_N):  # diagonal / end of sequence, masked
+        dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
+                                     win_left, win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                     D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
 
     dq_rows = (q_lo + offs_m)[:, None] * stride_gqt + h * stride_gqh
     tl.store(DQ + dq_rows + offs_d0[None, :] * stride_gqd, _round16(dq0 * softmax_scale, DQ.dtype.element_ty, UPCAST),

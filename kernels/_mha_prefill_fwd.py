@@ -4,7 +4,11 @@ One program per (query block, sequence, query head). The query/key head dimensio
 as two power-of-two pieces, ``D0 + D1`` (192 = 128 + 64, 128 = 64 + 64), so every tile is a
 power of two. Scores live in the exp2 domain (logits times ``softmax_scale * log2(e)``).
 Key blocks that every row of the query block sees in full run without masks; the few blocks
-at the causal diagonal and at the end of the sequence run with masks.
+at the causal diagonal, at the sliding-window edge and at the end of the sequence run with masks.
+
+Masks are bottom-right aligned: row ``j`` sees keys ``d_j - left <= t <= d_j + right`` with
+``d_j = s_k - s_q + j``; ``MASK_HI`` enables the right bound (causal: right = 0), ``MASK_LO``
+the left one (sliding window). ``_key_range`` turns them into block ranges.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from . import _runtime  # noqa: F401  (decides compiled vs interpreter mode befo
 import triton
 import triton.language as tl
 
-LN2 = 0.6931471805599453  # natural log of 2: converts base-2 lse back to natural log
+LN2 = tl.constexpr(0.6931471805599453)  # natural log of 2: converts base-2 lse back to natural log
 
 
 @triton.jit
@@ -60,10 +64,50 @@ def _mma_split(x, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _mha_fwd_block(acc, l_i, m_i, q0, q1, K, V, k_lo, s_k, s_q, n0, offs_m,
+def _key_range(s_q, s_k, m0, win_left, win_right, MASK_LO: tl.constexpr, MASK_HI: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks of query rows [m0, m0 + BLOCK_M): (lo, full_lo, full_hi, hi).
+
+    Keys in [full_lo, full_hi) (whole blocks) are visible to every row; the blocks in
+    [lo, full_lo) and [max(full_lo, full_hi), hi) need masks; keys outside [lo, hi) are hidden
+    from every row.
+    """
+    base = s_k - s_q  # row j's diagonal key is base + j
+    if MASK_HI:
+        hi = tl.minimum(s_k, tl.maximum(base + m0 + BLOCK_M + win_right, 0))  # past the last row's bound
+        full_hi = tl.minimum(s_k, tl.maximum(base + m0 + 1 + win_right, 0))  # past the first row's bound
+    else:
+        hi = s_k
+        full_hi = s_k
+    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    if MASK_LO:
+        lo = tl.maximum(base + m0 - win_left, 0)  # the first row's lowest key
+        lo = (lo // BLOCK_N) * BLOCK_N
+        full_lo = tl.maximum(base + m0 + BLOCK_M - 1 - win_left, 0)  # the last row's lowest key
+        full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    else:
+        lo = s_k * 0
+        full_lo = s_k * 0
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _visible(offs_m, offs_n, s_q, s_k, win_left, win_right, MASK_LO: tl.constexpr, MASK_HI: tl.constexpr):
+    """[rows, keys] bool: key exists and lies inside row's bottom-right aligned window."""
+    diag = s_k - s_q + offs_m[:, None]
+    visible = offs_n[None, :] < s_k
+    if MASK_HI:
+        visible = visible & (offs_n[None, :] <= diag + win_right)
+    if MASK_LO:
+        visible = visible & (offs_n[None, :] >= diag - win_left)
+    return visible
+
+
+@triton.jit
+def _mha_fwd_block(acc, l_i, m_i, q0, q1, K, V, k_lo, s_k, s_q, n0, offs_m, win_left, win_right,
                    stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
                    D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
-                   CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MASK_LO: tl.constexpr, MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
                    UPCAST: tl.constexpr):
     """Fold key block [n0, n0 + BLOCK_N) into the running (acc, l_i, m_i) of one query block."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -85,10 +129,7 @@ def _mha_fwd_block(acc, l_i, m_i, q0, q1, K, V, k_lo, s_k, s_q, n0, offs_m,
     s = _mma(q1, tl.trans(k1), s, UPCAST)  # plus the D1 piece
     s = s * scale_log2  # exp2 domain: scale by softmax_scale * log2(e)
     if MASKED:
-        visible = offs_n[None, :] < s_k
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= s_k - s_q + offs_m[:, None])  # bottom-right aligned
-        s = tl.where(visible, s, float("-inf"))
+        s = tl.where(_visible(offs_m, offs_n, s_q, s_k, win_left, win_right, MASK_LO, MASK_HI), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet: avoid -inf - -inf
     p = tl.math.exp2(s - m_safe[:, None])
@@ -110,10 +151,11 @@ def _mha_fwd_kernel(
     stride_ot, stride_oh, stride_od,  # out strides
     stride_lh, stride_lt,  # lse buffer [h_q, total_q] strides
     scale_log2,  # softmax_scale * log2(e)
+    win_left, win_right,  # window bounds (used when MASK_LO / MASK_HI)
     GROUP: tl.constexpr,  # query heads per KV head
     D0: tl.constexpr, D1: tl.constexpr,  # the two power-of-two pieces of d_qk
     DV: tl.constexpr,  # d_v
-    CAUSAL: tl.constexpr,  # bottom-right aligned causal mask
+    MASK_LO: tl.constexpr, MASK_HI: tl.constexpr,  # left (sliding window) / right (causal) bound on keys
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # query rows / keys per tile
     STORE_LO: tl.constexpr,  # also write the rounding residual of out to OutLo
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding (see _mma, _round16)
@@ -143,23 +185,21 @@ def _mha_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, DV], tl.float32)  # running sum of exp2(s - m_i) * v
 
-    if CAUSAL:
-        hi = tl.minimum(s_k, tl.maximum(s_k - s_q + m0 + BLOCK_M, 0))  # keys past hi are hidden from every row
-        full_hi = tl.minimum(s_k, tl.maximum(s_k - s_q + m0 + 1, 0))  # keys below are seen by every row
-    else:
-        hi = s_k
-        full_hi = s_k
-    full_hi = (full_hi // BLOCK_N) * BLOCK_N  # whole blocks only in the unmasked loop
+    lo, full_lo, full_hi, hi = _key_range(s_q, s_k, m0, win_left, win_right, MASK_LO, MASK_HI, BLOCK_M, BLOCK_N)
     K_h = K + kvh * stride_kh
     V_h = V + kvh * stride_vh
-    for n0 in range(0, full_hi, BLOCK_N):
-        acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
-                                       stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                       D0, D1, DV, CAUSAL, False, BLOCK_N, UPCAST)
-    for n0 in range(full_hi, hi, BLOCK_N):
-        acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
-                                       stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                       D0, D1, DV, CAUSAL, True, BLOCK_N, UPCAST)
+    for n0 in range(lo, tl.minimum(full_lo, hi), BLOCK_N):  # left window edge, masked
+        acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left,
+                                       win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                       D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
+    for n0 in range(full_lo, full_hi, BLOCK_N):  # seen by every row, no mask
+        acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left,
+                                       win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                       D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_N, UPCAST)
+    for n0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_N):  # diagonal / end of sequence, masked
+        acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left,
+                                       win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
+                                       D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
 
     empty = l_i == 0.0  # no visible key: out 0, lse +inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

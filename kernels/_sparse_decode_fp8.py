@@ -19,23 +19,23 @@ import triton
 import triton.language as tl
 
 # V32: 656-byte token records [512 x fp8 NoPE | 4 x float32 scale | 64 x bf16 RoPE].
-V32_TOKEN_BYTES: tl.constexpr = 656
-V32_SCALE_OFFSET: tl.constexpr = 512
-V32_ROPE_OFFSET: tl.constexpr = 528
-V32_TILE: tl.constexpr = 128
-V32_NUM_TILES: tl.constexpr = 4
+V32_TOKEN_BYTES = tl.constexpr(656)
+V32_SCALE_OFFSET = tl.constexpr(512)
+V32_ROPE_OFFSET = tl.constexpr(528)
+V32_TILE = tl.constexpr(128)
+V32_NUM_TILES = tl.constexpr(4)
 # MODEL1: per page block, data region [B x (448 fp8 NoPE | 64 bf16 RoPE)] of 576-byte rows,
 # then scale region [B x (7 ue8m0 bytes | 1 pad)].
-M1_DATA_BYTES: tl.constexpr = 576
-M1_NOPE: tl.constexpr = 448
-M1_SCALE_BYTES: tl.constexpr = 8
-M1_TILE: tl.constexpr = 64
-M1_NUM_TILES: tl.constexpr = 7
+M1_DATA_BYTES = tl.constexpr(576)
+M1_NOPE = tl.constexpr(448)
+M1_SCALE_BYTES = tl.constexpr(8)
+M1_TILE = tl.constexpr(64)
+M1_NUM_TILES = tl.constexpr(7)
 # The 64 RoPE dims take the 8th 64-wide tile of MODEL1's 512-dim key.
-M1_TILES_PADDED: tl.constexpr = 8
-ROPE_DIM: tl.constexpr = 64
+M1_TILES_PADDED = tl.constexpr(8)
+ROPE_DIM = tl.constexpr(64)
 # 2^-127: ue8m0 byte 0, a float32 subnormal that the exponent-bit construction cannot express.
-UE8M0_ZERO_BYTE_SCALE: tl.constexpr = 5.877471754111438e-39
+UE8M0_ZERO_BYTE_SCALE = tl.constexpr(5.877471754111438e-39)
 
 
 @triton.jit
@@ -56,6 +56,16 @@ def bf16_operand(x, INTERPRET: tl.constexpr):
         return x.to(tl.float32)
     else:
         return x
+
+
+@triton.jit
+def fp8_to_f32(raw, INTERPRET: tl.constexpr):
+    """float8_e4m3fn bytes (uint8) -> float32. The interpreter's converter reads the NaN
+    encoding (S.1111.111) as +-480; restore NaN there so it behaves as the GPU does."""
+    value = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    if INTERPRET:
+        value = tl.where((raw & 0x7F) == 0x7F, float("nan"), value)
+    return value
 
 
 @triton.jit
@@ -95,7 +105,7 @@ def load_v32_keys(
     # fp8 bytes viewed as [BLOCK_N, 4 tiles, 128]
     nope_ptrs = token[:, None, None] + (tiles[None, :, None] * V32_TILE + cols[None, None, :])
     raw = tl.load(nope_ptrs, mask=valid[:, None, None], other=0)
-    nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    nope = fp8_to_f32(raw, INTERPRET)
     # float32 scales used as stored (any value, not assumed a power of two)
     scale_ptrs = (token[:, None] + V32_SCALE_OFFSET + tiles[None, :] * 4).to(tl.pointer_type(tl.float32))
     scale = tl.load(scale_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 4]
@@ -126,7 +136,7 @@ def load_model1_keys(
     nope_ptrs = data[:, None, None] + (tiles[None, :, None] * M1_TILE + cols[None, None, :])
     nope_mask = valid[:, None, None] & is_nope[None, :, None]
     raw = tl.load(nope_ptrs, mask=nope_mask, other=0)
-    nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BLOCK_N, 8, 64]
+    nope = fp8_to_f32(raw, INTERPRET)  # [BLOCK_N, 8, 64]
     # ue8m0: scale = 2^(byte - 127), built from the exponent bits
     sbyte = tl.load(scales[:, None] + tiles[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
     sbits = sbyte.to(tl.int32) << 23

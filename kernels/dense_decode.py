@@ -227,7 +227,7 @@ def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, c
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
         block_table.stride(0), block_table.stride(1),
-        CAUSAL=bool(causal) and s_q > 0, HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
+        CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
         BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpreted, num_warps=num_warps, num_stages=1,
     )
     _dense_decode_combine_kernel[(b * s_q, triton.cdiv(h_q, block_h))](

@@ -4,6 +4,12 @@ operations.md section 4. Forward and backward are Triton kernels (``_mha_prefill
 ``_mha_prefill_bwd``) behind one ``torch.autograd.Function``. GQA is supported in both
 directions; dk/dv are summed over the query heads of a group without atomics, so repeated
 runs are bit-identical. Input checks are the ones of ``mlaverify.reference.mha_prefill``.
+Keyword-only extension: ``window_size=(left, right)`` (sliding window, as in ``flash_attn``).
+
+Precision: the second operand of every P @ V, dS^T @ Q and dS @ K product is 16-bit, but P and dS
+enter as two 16-bit terms (hi + lo), and the backward's ``delta = rowsum(dout * out)`` uses the
+unrounded out (the forward stores out's rounding residual when a gradient is needed). With one
+16-bit copy, short rows miss the spec's elementwise bound against the float32 reference.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import torch
 import triton
 
 from mlaverify.reference.mha_prefill import (
+    AttentionMask,
     MhaPrefillShapes,
     check_mha_options,
     check_mha_prefill_inputs,
+    check_window_size,
     resolve_softmax_scale,
     split_kv_packed,
     split_qkv_packed,
@@ -43,9 +51,10 @@ class _Tiles:
     num_stages: int  # software-pipelining depth (compiled mode)
 
 
-# Compiled mode (Hopper-class GPU). Interpreter: 16 x 16 tiles so that tiny test shapes still
-# cross several blocks, diagonal blocks and partial blocks.
-_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2), "dkdv": _Tiles(32, 64, 4, 2), "dq": _Tiles(64, 32, 4, 2)}
+# Compiled mode (Hopper-class GPU): picked from ptxas register/spill reports for sm_90 with
+# d_qk = 192, not yet from timings on a GPU. Interpreter: 16 x 16 tiles so that tiny test shapes
+# still cross several blocks, diagonal blocks and partial blocks.
+_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2), "dkdv": _Tiles(64, 32, 8, 2), "dq": _Tiles(64, 64, 8, 2)}
 _INTERPRETER_TILES = _Tiles(16, 16, 1, 1)
 
 
@@ -57,7 +66,13 @@ def _pieces(shapes: MhaPrefillShapes) -> tuple[int, int]:
     return shapes.d_qk - ROPE_PIECE, ROPE_PIECE
 
 
-def _forward(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, causal: bool, store_lo: bool):
+def _mask_args(mask: AttentionMask) -> dict:
+    """Kernel arguments for a mask: runtime bounds and the constexpr switches."""
+    return dict(win_left=mask.left or 0, win_right=mask.right or 0,
+                MASK_LO=mask.left is not None, MASK_HI=mask.right is not None)
+
+
+def _forward(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, store_lo: bool):
     """(out, lse, out_lo): out_lo = out's rounding residual when store_lo (for the backward), else None."""
     out = torch.empty(shapes.total_q, shapes.h_q, shapes.d_v, dtype=q.dtype, device=q.device)
     out_lo = torch.empty_like(out) if store_lo else None
@@ -71,13 +86,14 @@ def _forward(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, causal
         q, k, v, out, lse_buf, out if out_lo is None else out_lo, cu_q, cu_k,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_buf.stride(),
         scale * math.log2(math.e),
-        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, CAUSAL=causal, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **_mask_args(mask),
         STORE_LO=store_lo, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
     )
     return out, lse_buf.T, out_lo
 
 
-def _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, causal: bool):
+def _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float,
+              mask: AttentionMask):
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -97,61 +113,66 @@ def _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillSha
         q, k, v, dout, lse_buf, delta, dk, dv, cu_q, cu_k,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dk.stride(), *dv.stride(),
         scale, scale_log2,
-        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, CAUSAL=causal,
-        BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
+        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **_mask_args(mask), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
     )
     t = _tiles("dq")
     _mha_bwd_dq_kernel[(triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q)](
         q, k, v, dout, lse_buf, delta, dq, cu_q, cu_k,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dq.stride(),
         scale, scale_log2,
-        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, CAUSAL=causal,
-        BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
+        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **_mask_args(mask), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+        UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
     )
     return dq, dk, dv
 
 
 class _FlashAttnVarlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, shapes, scale, causal):
-        out, lse, out_lo = _forward(q, k, v, cu_q, cu_k, shapes, scale, causal, any(ctx.needs_input_grad[:3]))
+    def forward(ctx, q, k, v, cu_q, cu_k, shapes, scale, mask):
+        out, lse, out_lo = _forward(q, k, v, cu_q, cu_k, shapes, scale, mask, any(ctx.needs_input_grad[:3]))
         ctx.save_for_backward(q, k, v, out, out_lo, lse, cu_q, cu_k)
-        ctx.config = (shapes, scale, causal)
+        ctx.config = (shapes, scale, mask)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):  # lse gets no gradient (operations.md section 4)
         q, k, v, out, out_lo, lse, cu_q, cu_k = ctx.saved_tensors
-        shapes, scale, causal = ctx.config
-        dq, dk, dv = _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes, scale, causal)
+        shapes, scale, mask = ctx.config
+        dq, dk, dv = _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes, scale, mask)
         return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,
-                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True):
-    """(out in q's dtype [total_q, h_q, d_v], lse float32 [total_q, h_q] natural log); differentiable."""
+                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
+                           window_size=(-1, -1)):
+    """(out in q's dtype [total_q, h_q, d_v], lse float32 [total_q, h_q] natural log); differentiable.
+
+    ``window_size=(left, right)`` (keyword-only extension, -1 = unbounded) as in the reference.
+    """
     check_mha_options(dropout_p, softmax_scale, causal, deterministic, is_varlen)
+    mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
                                       is_varlen=is_varlen)
     _runtime.require_same_device({"q": q, "k": k, "v": v, "cu_seqlens_qo": cu_seqlens_qo,
                                   "cu_seqlens_kv": cu_seqlens_kv})
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
-    return _FlashAttnVarlen.apply(q, k, v, cu_seqlens_qo, cu_seqlens_kv, shapes, scale, causal)
+    return _FlashAttnVarlen.apply(q, k, v, cu_seqlens_qo, cu_seqlens_kv, shapes, scale, mask)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, head_dim_qk, dropout_p=0.0, softmax_scale=None,
-                                     causal=False, deterministic=False, is_varlen=True):
+                                     causal=False, deterministic=False, is_varlen=True, *, window_size=(-1, -1)):
     """qkv [total, h, 2 * head_dim_qk + d_v]; one set of lengths for queries and keys."""
     q, k, v = split_qkv_packed(qkv, head_dim_qk)
     return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
-                                  softmax_scale, causal, deterministic, is_varlen)
+                                  softmax_scale, causal, deterministic, is_varlen, window_size=window_size)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, head_dim_qk,
                                     dropout_p=0.0, softmax_scale=None, causal=False, deterministic=False,
-                                    is_varlen=True):
+                                    is_varlen=True, *, window_size=(-1, -1)):
     """kv [total_k, h_kv, head_dim_qk + d_v]."""
     k, v = split_kv_packed(kv, head_dim_qk)
     return flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p,
-                                  softmax_scale, causal, deterministic, is_varlen)
+                                  softmax_scale, causal, deterministic, is_varlen, window_size=window_size)

@@ -31,10 +31,10 @@ from mlaverify.reference.validation import check_sparse_decode_inputs
 
 from ._sparse_decode_fp8 import bf16_operand, load_model1_keys, load_v32_keys, round_to_bf16, store_bf16
 
-D_V: tl.constexpr = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
-D_ROPE: tl.constexpr = 64  # V32's second key piece
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+HEAD_DIM_V = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
+D_V = tl.constexpr(HEAD_DIM_V)
+D_ROPE = tl.constexpr(64)  # V32's second key piece
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -58,7 +58,7 @@ def _attend_list(
             s = tl.dot(q_a, tl.trans(k_a))  # [BLOCK_H, BLOCK_N]
         else:
             k_a, k_b = load_v32_keys(cache_ptr, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
-            s = tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))
+            s = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))  # 576 = 512 + 64
         s = tl.where(valid[None, :], s * qk_scale_log2, float("-inf"))  # exp2 domain
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: keep exp2 finite
@@ -66,9 +66,13 @@ def _attend_list(
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         p_hi = round_to_bf16(p, INTERPRET)
-        acc = acc * alpha[:, None] + tl.dot(p_hi, k_a)  # V = the first 512 key dims
         if SPLIT_P:  # p = p_hi + p_lo to ~2^-17: P @ V nearly as exact as in float32
-            acc += tl.dot(round_to_bf16(p - p_hi.to(tl.float32), INTERPRET), k_a)
+            p_lo = round_to_bf16(p - p_hi.to(tl.float32), INTERPRET)
+            p2 = tl.reshape(tl.join(p_hi, p_lo), [p.shape[0], 2 * BLOCK_N])  # columns hi0, lo0, hi1, lo1, ...
+            v2 = tl.reshape(tl.permute(tl.join(k_a, k_a), (0, 2, 1)), [2 * BLOCK_N, D_V])  # rows v0, v0, v1, v1, ...
+            acc = tl.dot(p2, v2, acc * alpha[:, None])
+        else:
+            acc = tl.dot(p_hi, k_a, acc * alpha[:, None])  # V = the first 512 key dims; accumulate in place
         m_i = m_new
     return acc, m_i, l_i
 
@@ -93,19 +97,21 @@ def _sparse_decode_split_kernel(
     sink_ptr,  # attn_sink [h_q] f32 (when HAS_SINK and FINAL)
     out_ptr, lse_ptr,  # FINAL: out [b, s_q, h_q, 512] bf16, lse [b, h_q, s_q] f32
     part_out_ptr, part_lse_ptr,  # not FINAL: [rows, splits, h_q, 512] f32, [rows, splits, h_q] f32
-    s_q, h_q, num_splits,
+    s_q, h_q, num_splits, head_tiles,
     qk_scale_log2,  # softmax_scale * log2(e)
     IS_MODEL1: tl.constexpr, HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_X_LEN: tl.constexpr,
     HAS_SINK: tl.constexpr, FINAL: tl.constexpr, SPLIT_P: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     tl.static_assert(BLOCK_H >= 16 and BLOCK_N >= 16, "tl.dot needs tiles of at least 16")
+    # Head tiles vary fastest: the tiles of one (row, split) run side by side and share its keys in L2.
     pid = tl.program_id(0)
-    row = pid // num_splits  # = i * s_q + j
-    split = pid % num_splits
+    head_tile = pid % head_tiles
+    split = (pid // head_tiles) % num_splits
+    row = pid // (head_tiles * num_splits)  # = i * s_q + j
     i = row // s_q
     j = row % s_q
-    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    heads = head_tile * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = heads < h_q  # padded heads compute on zeros and are never stored
     dims = tl.arange(0, D_V)
 
@@ -150,7 +156,8 @@ def _sparse_decode_split_kernel(
         if HAS_SINK:
             sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
             # 1 / (1 + exp(sink - lse)); empty rows stay 0 whatever the sink
-            out = out * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink - lse)))[:, None]
+            sink_gap = sink - tl.where(empty, 0.0, lse)  # empty rows: keep inf - inf out of the math
+            out = out * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink_gap)))[:, None]
         out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
         store_bf16(out_rows + dims[None, :], out, head_ok[:, None], INTERPRET)
         tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
@@ -193,7 +200,8 @@ def _sparse_decode_combine_kernel(
         acc += weight[:, None] * part
     if HAS_SINK:
         sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
-        acc = acc * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink - lse)))[:, None]
+        sink_gap = sink - tl.where(empty, 0.0, lse)  # empty rows: keep inf - inf out of the math
+        acc = acc * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink_gap)))[:, None]
     out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
     store_bf16(out_rows + dims[None, :], acc, head_ok[:, None], INTERPRET)
     tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
@@ -224,20 +232,27 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, device: torch.dev
     result never depends on what its batch mates contain.
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
-    block_n = 32 if _runtime.INTERPRETED else (32 if block_h >= 64 else 64)
+    block_n = 32  # sm_90 build at BLOCK_H 64: 156 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
     programs = b * s_q * math.ceil(h_q / block_h)
     if num_splits is None:
         want = math.ceil(2 * _runtime.parallelism(device) / programs)
         useful = math.ceil(total_topk / (MIN_STEPS_PER_SPLIT * block_n))
         num_splits = max(1, min(want, useful, MAX_SPLITS))
-    elif not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+    elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
-    num_warps = 8 if block_h >= 64 else 4
+    num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
     return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2)
 
 
 def _byte_view(cache: torch.Tensor) -> torch.Tensor:
-    return cache if cache.dtype == torch.uint8 else cache.view(torch.uint8)  # same strides (1-byte types)
+    """The cache as uint8 (same strides: all accepted dtypes are one byte wide).
+
+    An empty cache (only -1 entries can point into it, and nothing is read) is replaced by one
+    byte so that the kernel never receives a null pointer.
+    """
+    if cache.numel() == 0:
+        return torch.zeros(1, 1, 1, 1, dtype=torch.uint8, device=cache.device)
+    return cache if cache.dtype == torch.uint8 else cache.view(torch.uint8)
 
 
 def sparse_decode(
@@ -277,12 +292,12 @@ def sparse_decode(
     cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, device, num_splits)
     final = cfg.num_splits == 1
 
-    out = torch.empty(b, s_q, h_q, D_V, dtype=torch.bfloat16, device=device)
+    out = torch.empty(b, s_q, h_q, HEAD_DIM_V, dtype=torch.bfloat16, device=device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=device)
     if final:
         part_out = part_lse = out  # unused placeholders
     else:
-        part_out = torch.empty(b * s_q, cfg.num_splits, h_q, D_V, dtype=torch.float32, device=device)
+        part_out = torch.empty(b * s_q, cfg.num_splits, h_q, HEAD_DIM_V, dtype=torch.float32, device=device)
         part_lse = torch.empty(b * s_q, cfg.num_splits, h_q, dtype=torch.float32, device=device)
 
     cache = _byte_view(k_cache)
@@ -290,7 +305,7 @@ def sparse_decode(
     x_idx = extra_indices if has_extra else indices
     head_tiles = triton.cdiv(h_q, cfg.block_h)
     launch = {} if _runtime.INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    _sparse_decode_split_kernel[(b * s_q * cfg.num_splits, head_tiles)](
+    _sparse_decode_split_kernel[(b * s_q * cfg.num_splits * head_tiles,)](
         q, q.stride(0), q.stride(1), q.stride(2),
         cache, cache.stride(0), shapes.page_block_size,
         indices, indices.stride(0), indices.stride(1), indices.stride(2),
@@ -300,7 +315,7 @@ def sparse_decode(
         extra_topk_length if extra_topk_length is not None else x_idx, shapes.extra_topk,
         attn_sink if attn_sink is not None else lse,
         out, lse, part_out, part_lse,
-        s_q, h_q, cfg.num_splits, scale * math.log2(math.e),
+        s_q, h_q, cfg.num_splits, head_tiles, scale * math.log2(math.e),
         IS_MODEL1=shapes.model_type is ModelType.MODEL1, HAS_LEN=topk_length is not None,
         HAS_EXTRA=has_extra, HAS_X_LEN=extra_topk_length is not None,
         HAS_SINK=attn_sink is not None, FINAL=final, SPLIT_P=cfg.split_p,

@@ -4,6 +4,9 @@ operations.md section 4. Sequences are packed along the token axis and delimited
 prefix sums (``cu_seqlens``). Query head ``h`` reads KV head ``h // (h_q // h_kv)`` (GQA).
 With ``causal=True`` the mask is bottom-right aligned: query ``j`` of a sequence with lengths
 ``(s_q, s_k)`` sees key ``t <= s_k - s_q + j``. A query that sees no key gets out 0, lse +inf.
+The keyword-only extension ``window_size=(left, right)`` (as in the ``flash_attn`` package, -1 =
+unbounded) restricts query ``j`` to keys ``s_k - s_q + j - left <= t <= s_k - s_q + j + right``;
+with ``causal=True`` the right bound is 0.
 
 For each sequence, query token ``j`` and head ``h`` over its visible keys ``T``:
 
@@ -126,6 +129,25 @@ def check_mha_options(dropout_p: object, softmax_scale: object, causal: object, 
     _check_bool("is_varlen", is_varlen)
 
 
+@dataclass(frozen=True)
+class AttentionMask:
+    """Keys query ``j`` sees, relative to its bottom-right diagonal ``d_j = s_k - s_q + j``."""
+
+    left: int | None = None  # keys t >= d_j - left; None: no lower bound
+    right: int | None = None  # keys t <= d_j + right; None: no upper bound (causal: 0)
+
+
+def check_window_size(window_size: object, causal: bool) -> AttentionMask:
+    """``window_size=(left, right)``, -1 meaning unbounded; with causal the right bound must be -1 or 0."""
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError(f"window_size: expected a pair (left, right) of ints, got {window_size!r}")
+    left, right = (_check_int(f"window_size[{i}]", w, -1) for i, w in enumerate(window_size))
+    if causal and right > 0:
+        raise ValueError(f"window_size: causal=True bounds keys by the diagonal, expected window_size[1] in "
+                         f"(-1, 0), got {right}")
+    return AttentionMask(None if left < 0 else left, 0 if causal else (None if right < 0 else right))
+
+
 def check_mha_prefill_inputs(q: object, k: object, v: object, cu_seqlens_qo: object, cu_seqlens_kv: object,
                              max_seqlen_qo: object = None, max_seqlen_kv: object = None, *,
                              is_varlen: bool = True) -> MhaPrefillShapes:
@@ -198,11 +220,16 @@ def split_kv_packed(kv: object, head_dim_qk: object) -> tuple[torch.Tensor, torc
     return kv[:, :, :d], kv[:, :, d:]
 
 
-def causal_visible(s_q: int, s_k: int, rows: range, device: torch.device) -> torch.Tensor:
-    """Bottom-right causal mask for query rows ``rows``: [len(rows), s_k] bool, True = key visible."""
-    j = torch.arange(rows.start, rows.stop, device=device)[:, None]  # [c, 1]
+def visible_keys(s_q: int, s_k: int, rows: range, mask: AttentionMask, device: torch.device) -> torch.Tensor:
+    """Bottom-right aligned mask for query rows ``rows``: [len(rows), s_k] bool, True = key visible."""
+    diag = s_k - s_q + torch.arange(rows.start, rows.stop, device=device)[:, None]  # [c, 1]
     t = torch.arange(s_k, device=device)[None, :]  # [1, s_k]
-    return t <= s_k - s_q + j
+    visible = torch.ones(len(rows), s_k, dtype=torch.bool, device=device)
+    if mask.right is not None:
+        visible &= t <= diag + mask.right
+    if mask.left is not None:
+        visible &= t >= diag - mask.left
+    return visible
 
 
 def _chunk_rows(s_q: int, s_k: int, h_q: int) -> list[range]:
@@ -211,19 +238,19 @@ def _chunk_rows(s_q: int, s_k: int, h_q: int) -> list[range]:
 
 
 def _probs(qc: torch.Tensor, ks: torch.Tensor, s_q: int, rows: range, scale: float,
-           causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           mask: AttentionMask) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of one chunk: probabilities [h_kv, g, c, s_k] and lse [h_kv, g, c] (+inf: no key)."""
     s_k = ks.shape[0]
     scores = torch.einsum("cngd,tnd->ngct", qc, ks) * scale  # [h_kv, g, c, s_k]
-    if causal:
-        scores = scores.masked_fill(~causal_visible(s_q, s_k, rows, qc.device), float("-inf"))
+    if mask.left is not None or mask.right is not None:
+        scores = scores.masked_fill(~visible_keys(s_q, s_k, rows, mask, qc.device), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # [h_kv, g, c]; -inf where no key is visible
     empty = torch.isneginf(lse)
     probs = torch.exp(scores - lse.masked_fill(empty, 0.0)[..., None])  # masked keys: exp(-inf) = 0
     return probs, lse.masked_fill(empty, float("inf"))
 
 
-def _forward(q, k, v, shapes: MhaPrefillShapes, scale: float, causal: bool, dtype: torch.dtype):
+def _forward(q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, dtype: torch.dtype):
     out = torch.zeros(shapes.total_q, shapes.h_q, shapes.d_v, dtype=dtype, device=q.device)
     lse = torch.empty(shapes.total_q, shapes.h_q, dtype=dtype, device=q.device)
     g, q0, k0 = shapes.group, 0, 0
@@ -233,14 +260,14 @@ def _forward(q, k, v, shapes: MhaPrefillShapes, scale: float, causal: bool, dtyp
         for rows in _chunk_rows(s_q, s_k, shapes.h_q):
             lo, hi = q0 + rows.start, q0 + rows.stop
             qc = q[lo:hi].to(dtype).unflatten(1, (shapes.h_kv, g))  # [c, h_kv, g, d_qk]
-            probs, lse_c = _probs(qc, ks, s_q, rows, scale, causal)
+            probs, lse_c = _probs(qc, ks, s_q, rows, scale, mask)
             out[lo:hi] = torch.einsum("ngct,tnv->cngv", probs, vs).flatten(1, 2)  # [c, h_q, d_v]
             lse[lo:hi] = lse_c.flatten(0, 1).T  # [c, h_q]
         q0, k0 = q0 + s_q, k0 + s_k
     return out, lse
 
 
-def _backward(dout, q, k, v, shapes: MhaPrefillShapes, scale: float, causal: bool, dtype: torch.dtype):
+def _backward(dout, q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, dtype: torch.dtype):
     dq = torch.zeros(shapes.total_q, shapes.h_q, shapes.d_qk, dtype=dtype, device=q.device)
     dk = torch.zeros(shapes.total_k, shapes.h_kv, shapes.d_qk, dtype=dtype, device=q.device)
     dv = torch.zeros(shapes.total_k, shapes.h_kv, shapes.d_v, dtype=dtype, device=q.device)
@@ -252,7 +279,7 @@ def _backward(dout, q, k, v, shapes: MhaPrefillShapes, scale: float, causal: boo
             lo, hi = q0 + rows.start, q0 + rows.stop
             qc = q[lo:hi].to(dtype).unflatten(1, (shapes.h_kv, g))  # [c, h_kv, g, d_qk]
             doc = dout[lo:hi].to(dtype).unflatten(1, (shapes.h_kv, g))  # [c, h_kv, g, d_v]
-            probs, _ = _probs(qc, ks, s_q, rows, scale, causal)  # P [h_kv, g, c, s_k]
+            probs, _ = _probs(qc, ks, s_q, rows, scale, mask)  # P [h_kv, g, c, s_k]
             dp = torch.einsum("cngv,tnv->ngct", doc, vs)  # dP = dO V^T
             ds = probs * (dp - (probs * dp).sum(-1, keepdim=True))  # dS = P * (dP - rowsum(P * dP))
             dq[lo:hi] = (torch.einsum("ngct,tnd->cngd", ds, ks) * scale).flatten(1, 2)  # [c, h_q, d_qk]
@@ -266,10 +293,10 @@ class _ReferenceAttention(torch.autograd.Function):
     """Forward in ``dtype``, output cast to ``out_dtype``; backward by the chunked explicit formulas."""
 
     @staticmethod
-    def forward(ctx, q, k, v, shapes, scale, causal, dtype, out_dtype):
-        out, lse = _forward(q, k, v, shapes, scale, causal, dtype)
+    def forward(ctx, q, k, v, shapes, scale, mask, dtype, out_dtype):
+        out, lse = _forward(q, k, v, shapes, scale, mask, dtype)
         ctx.save_for_backward(q, k, v)
-        ctx.config = (shapes, scale, causal, dtype)
+        ctx.config = (shapes, scale, mask, dtype)
         lse = lse.to(torch.float32) if out_dtype != dtype else lse
         ctx.mark_non_differentiable(lse)
         return out.to(out_dtype), lse
@@ -277,8 +304,8 @@ class _ReferenceAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v = ctx.saved_tensors
-        shapes, scale, causal, dtype = ctx.config
-        dq, dk, dv = _backward(dout, q, k, v, shapes, scale, causal, dtype)
+        shapes, scale, mask, dtype = ctx.config
+        dq, dk, dv = _backward(dout, q, k, v, shapes, scale, mask, dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
 
 
@@ -289,19 +316,21 @@ def _check_compute_dtype(dtype: object) -> torch.dtype:
 
 
 def mha_prefill_reference(q, k, v, cu_seqlens_qo, cu_seqlens_kv, *, softmax_scale=None, causal=False,
-                          dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                          window_size=(-1, -1), dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Unrounded forward: (out [total_q, h_q, d_v], lse [total_q, h_q]), both in ``dtype``."""
     check_mha_options(0.0, softmax_scale, causal, False, True)
+    mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv)
     dtype = _check_compute_dtype(dtype)
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
-    return _ReferenceAttention.apply(q, k, v, shapes, scale, causal, dtype, dtype)
+    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, dtype, dtype)
 
 
 def mha_prefill_backward_reference(dout, q, k, v, cu_seqlens_qo, cu_seqlens_kv, *, softmax_scale=None,
-                                   causal=False, dtype=torch.float32) -> tuple[torch.Tensor, ...]:
+                                   causal=False, window_size=(-1, -1), dtype=torch.float32) -> tuple[torch.Tensor, ...]:
     """Unrounded gradients (dq, dk, dv) in ``dtype`` for the upstream gradient ``dout`` of ``out``."""
     check_mha_options(0.0, softmax_scale, causal, False, True)
+    mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv)
     if not isinstance(dout, torch.Tensor):
         raise TypeError(f"dout: expected a torch.Tensor, got {type(dout).__name__}")
@@ -312,31 +341,33 @@ def mha_prefill_backward_reference(dout, q, k, v, cu_seqlens_qo, cu_seqlens_kv, 
     dtype = _check_compute_dtype(dtype)
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
     with torch.no_grad():
-        return _backward(dout, q, k, v, shapes, scale, causal, dtype)
+        return _backward(dout, q, k, v, shapes, scale, mask, dtype)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,
-                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True):
+                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
+                           window_size=(-1, -1)):
     """FlashMLA's API: (out in q's dtype [total_q, h_q, d_v], lse float32 [total_q, h_q]); differentiable."""
     check_mha_options(dropout_p, softmax_scale, causal, deterministic, is_varlen)
+    mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
                                       is_varlen=is_varlen)
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
-    return _ReferenceAttention.apply(q, k, v, shapes, scale, causal, torch.float32, q.dtype)
+    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, torch.float32, q.dtype)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, head_dim_qk, dropout_p=0.0, softmax_scale=None,
-                                     causal=False, deterministic=False, is_varlen=True):
+                                     causal=False, deterministic=False, is_varlen=True, *, window_size=(-1, -1)):
     """qkv [total, h, 2 * head_dim_qk + d_v]; one set of lengths for queries and keys."""
     q, k, v = split_qkv_packed(qkv, head_dim_qk)
     return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
-                                  softmax_scale, causal, deterministic, is_varlen)
+                                  softmax_scale, causal, deterministic, is_varlen, window_size=window_size)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, head_dim_qk,
                                     dropout_p=0.0, softmax_scale=None, causal=False, deterministic=False,
-                                    is_varlen=True):
+                                    is_varlen=True, *, window_size=(-1, -1)):
     """kv [total_k, h_kv, head_dim_qk + d_v]."""
     k, v = split_kv_packed(kv, head_dim_qk)
     return flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p,
-                                  softmax_scale, causal, deterministic, is_varlen)
+                                  softmax_scale, causal, deterministic, is_varlen, window_size=window_size)

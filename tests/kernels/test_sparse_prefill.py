@@ -51,6 +51,7 @@ CASES = [
     Case(2, 3, 576, 32, 200, sink="mixed", topk_length=True),  # s_kv < topk: most entries invalid
     Case(5, 8, 512, 60, 64, invalid_frac=0.5, empty_rows=True, sink="finite"),
     Case(3, 5, 576, 40, 48, invalid_frac=1.0, sink="mixed"),  # every entry invalid
+    Case(2, 80, 512, 100, 64, sink="mixed", topk_length=True),  # two head tiles, the last one partial
 ]
 
 
@@ -118,6 +119,17 @@ def test_matches_reference(case: Case):
     got = flash_mla_sparse_fwd(q, kv, idx, scale, attn_sink=sink, topk_length=lengths)
     ref = sparse_prefill_reference(q, kv, idx, scale, attn_sink=sink, topk_length=lengths)
     assert_matches(got, ref, case.s_q, case.h_q)
+
+
+def test_every_invalid_index_kind_is_skipped():
+    """Query row r mixes valid entries with the r-th kind of invalid value (s_kv itself last)."""
+    kinds = INVALID + (48,)
+    case = Case(len(kinds), 4, 576, 48, 64, invalid_frac=0.0)
+    q, kv, idx, _, _ = make_inputs(case, seed=21)
+    for r, value in enumerate(kinds):
+        idx[r, 0, r % 2 :: 2] = value
+    got = flash_mla_sparse_fwd(q, kv, idx, 0.05)
+    assert_matches(got, sparse_prefill_reference(q, kv, idx, 0.05), case.s_q, case.h_q)
 
 
 def test_empty_rows_give_zero_out_neg_inf_max_pos_inf_lse():

@@ -1,0 +1,178 @@
+"""Triton dense decode (split-KV + combine) against the unrounded reference.
+
+On CPU the kernels run in Triton's interpreter; shapes stay tiny. Tolerances are the spec's
+table (mlaverify.verify.tolerances); NaN / inf positions must match exactly. Cache slots and
+block-table entries that no sequence uses hold garbage (NaN keys, huge block ids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import pytest
+import torch
+
+from mlaverify.kernels.dense_decode import MIN_SPLIT_TOKENS, _split_tokens, dense_decode, dense_decode_launch
+from mlaverify.reference import dense_decode_reference
+from mlaverify.verify.compare import bits_equal, compare_tensor
+from mlaverify.verify.tolerances import DEFAULT_TOLERANCES
+
+TOL = DEFAULT_TOLERANCES["dense_decode"]
+GARBAGE_BLOCK_IDS = (2**31 - 1, -(2**31), 1 << 20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    lens: tuple[int, ...]  # cache_seqlens, one per sequence
+    s_q: int
+    h_q: int
+    h_kv: int
+    d: int  # 576 or 512 (head_dim_v is 512)
+    page_block_size: int
+    causal: bool = False
+    dtype: torch.dtype = torch.bfloat16
+    split_tokens: int | None = None  # None: the kernel's own shape-derived choice
+    strided: bool = False  # q and k_cache non-contiguous outside the last dim
+
+    @property
+    def id(self) -> str:
+        parts = [
+            "bf16" if self.dtype == torch.bfloat16 else "fp16", f"d{self.d}", f"pb{self.page_block_size}",
+            f"hq{self.h_q}", f"hkv{self.h_kv}", f"sq{self.s_q}", "lens" + "_".join(map(str, self.lens)),
+        ]
+        parts += ["causal"] if self.causal else []
+        parts += [f"split{self.split_tokens}"] if self.split_tokens else []
+        parts += ["strided"] if self.strided else []
+        return "-".join(parts)
+
+
+CASES = [
+    Case((0, 7, 130), 1, 4, 1, 576, 3),
+    Case((2, 150), 3, 6, 3, 512, 1, causal=True, dtype=torch.float16, split_tokens=64),
+    Case((300, 1), 2, 16, 2, 576, 64, causal=True, split_tokens=64),
+    Case((0, 0), 2, 2, 1, 512, 64, causal=True),  # nothing to attend anywhere
+    Case((5, 70, 1), 1, 1, 1, 576, 64, dtype=torch.float16),  # a single head
+    Case((90, 3), 4, 9, 3, 576, 7, causal=True, split_tokens=64, strided=True),
+    Case((200,), 1, 3, 1, 512, 64, split_tokens=64, strided=True),  # h_q not a power of two
+    Case((64, 129, 33), 2, 4, 2, 576, 64, dtype=torch.float16, causal=True),
+]
+
+
+def make_inputs(case: Case, seed: int):
+    """q, k_cache, block_table, cache_seqlens; every unused slot and table entry holds garbage."""
+    g = torch.Generator().manual_seed(seed)
+    b, pbs = len(case.lens), case.page_block_size
+    max_blocks = max(1, -(-max(case.lens) // pbs)) + 1  # one spare entry past the longest sequence
+    num_blocks = b * max_blocks + 1
+    k = torch.randn(num_blocks, pbs, case.h_kv, case.d, generator=g).to(case.dtype)
+    order = torch.randperm(num_blocks, generator=g).int()
+    table = order[: b * max_blocks].view(b, max_blocks).clone()
+    used_slots = torch.zeros(num_blocks, pbs, dtype=torch.bool)
+    for i, length in enumerate(case.lens):
+        n_used = -(-length // pbs)
+        for blk in range(max_blocks):
+            if blk < n_used:
+                used_slots[table[i, blk], : min(pbs, length - blk * pbs)] = True
+            else:  # past the sequence: garbage ids (huge, negative) or real blocks full of NaN
+                table[i, blk] = GARBAGE_BLOCK_IDS[(i + blk) % len(GARBAGE_BLOCK_IDS)] if blk % 2 else table[i, blk]
+    k[~used_slots] = float("nan")
+    q = torch.randn(b, case.s_q, case.h_q, case.d, generator=g).to(case.dtype)
+    if case.strided:
+        q = torch.cat([q, q], dim=2)[:, :, : case.h_q]  # batch and token strides doubled
+        k = torch.cat([k, k], dim=2)[:, :, : case.h_kv]
+    return q, k, table, torch.tensor(case.lens, dtype=torch.int32)
+
+
+def run(case: Case, q, k, table, lens):
+    if case.split_tokens is None:
+        return dense_decode(q, k, table, lens, 512, None, case.causal)
+    return dense_decode_launch(q, k, table, lens, None, case.causal, split_tokens=case.split_tokens)
+
+
+def assert_matches(got, ref, q: torch.Tensor) -> None:
+    b, s_q, h_q, _ = q.shape
+    for name, actual, reference, shape, dtype in (
+        ("out", got[0], ref[0], (b, s_q, h_q, 512), q.dtype),
+        ("lse", got[1], ref[1], (b, h_q, s_q), torch.float32),
+    ):
+        m = compare_tensor(name, actual, reference, TOL[name], expected_shape=shape, expected_dtype=dtype)
+        assert m.passed, m.message
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_matches_reference(case: Case):
+    q, k, table, lens = make_inputs(case, seed=zlib.crc32(case.id.encode()))
+    got = run(case, q, k, table, lens)
+    ref = dense_decode_reference(q, k, table, lens, 512, causal=case.causal)
+    assert_matches(got, ref, q)
+
+
+def test_softmax_scale_is_used():
+    case = Case((40, 9), 1, 2, 1, 512, 16)
+    q, k, table, lens = make_inputs(case, seed=2)
+    got = dense_decode(q, k, table, lens, 512, 0.3, False)
+    assert_matches(got, dense_decode_reference(q, k, table, lens, 512, softmax_scale=0.3), q)
+
+
+def test_no_visible_token_gives_zero_out_and_inf_lse():
+    """Length 0, and causal early queries of a sequence shorter than s_q."""
+    case = Case((0, 2), 4, 2, 1, 576, 3, causal=True)
+    q, k, table, lens = make_inputs(case, seed=4)
+    out, lse = dense_decode(q, k, table, lens, 512, None, True)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and bool(torch.isposinf(lse[0]).all())
+    # sequence 1 (length 2, s_q 4): query j sees t <= j - 2, so queries 0 and 1 see nothing
+    assert torch.equal(out[1, :2], torch.zeros_like(out[1, :2])) and bool(torch.isposinf(lse[1, :, :2]).all())
+    assert bool(torch.isfinite(lse[1, :, 2:]).all())
+
+
+@pytest.mark.parametrize("split_tokens", [None, 64], ids=["shape-derived-split", "split64"])
+def test_repeat_and_batch_permutation_are_bit_identical(split_tokens):
+    case = Case((600, 0, 65, 300), 2, 4, 2, 576, 16, causal=True, split_tokens=split_tokens)
+    q, k, table, lens = make_inputs(case, seed=9)
+    first = run(case, q, k, table, lens)
+    assert all(bits_equal(a, b) for a, b in zip(first, run(case, q, k, table, lens)))
+    perm = torch.tensor([2, 0, 3, 1])
+    permuted = run(case, q[perm], k, table[perm], lens[perm])
+    assert bits_equal(permuted[0], first[0][perm]) and bits_equal(permuted[1], first[1][perm])
+
+
+def test_split_size_comes_from_shapes_only():
+    """Few long sequences get several splits, a full batch one; never below MIN_SPLIT_TOKENS."""
+    few = _split_tokens(b=2, h_kv=1, row_tiles=1, max_len=8192, block_n=32, parallelism=132)
+    full = _split_tokens(b=128, h_kv=1, row_tiles=8, max_len=8192, block_n=32, parallelism=132)
+    assert MIN_SPLIT_TOKENS <= few < 8192 and few % 32 == 0
+    assert full == 8192
+
+
+@pytest.mark.parametrize(
+    "mutate, error, fragment",
+    [
+        (lambda a: a.update(cache_seqlens=a["cache_seqlens"].long()), TypeError, "cache_seqlens"),
+        (lambda a: a.update(k_cache=a["k_cache"].half()), TypeError, "k_cache"),
+        (lambda a: a.update(head_dim_v=576), ValueError, "head_dim_v"),
+        (lambda a: a.update(softmax_scale="0.1"), TypeError, "softmax_scale"),
+    ],
+    ids=["seqlens-int64", "cache-dtype", "head_dim_v-576", "softmax_scale-str"],
+)
+def test_bad_input_raises(mutate, error, fragment):
+    q, k, table, lens = make_inputs(Case((5, 3), 1, 2, 1, 512, 4), seed=1)
+    args = dict(q=q, k_cache=k, block_table=table, cache_seqlens=lens, head_dim_v=512, softmax_scale=None, causal=False)
+    mutate(args)
+    with pytest.raises(error, match=fragment):
+        dense_decode(**args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_production_shape_on_gpu(causal: bool):
+    """b=16 of the production dense shape (h_q 128, h_kv 1, d 576, s_q 2), varied lengths up to 4096."""
+    g = torch.Generator().manual_seed(0)
+    b, s_q, h_q, pbs, max_blocks = 16, 2, 128, 64, 64
+    lens = torch.randint(1, max_blocks * pbs + 1, (b,), generator=g, dtype=torch.int32)
+    k = torch.randn(b * max_blocks, pbs, 1, 576, generator=g).bfloat16()
+    table = torch.randperm(b * max_blocks, generator=g).int().view(b, max_blocks)
+    q = torch.randn(b, s_q, h_q, 576, generator=g).bfloat16()
+    q, k, table, lens = (x.cuda() for x in (q, k, table, lens))
+    got = dense_decode(q, k, table, lens, 512, None, causal)
+    assert_matches(got, dense_decode_reference(q, k, table, lens, 512, causal=causal), q)
