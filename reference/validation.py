@@ -41,14 +41,31 @@ def check_last_dim_contiguous(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got stride {x.stride(-1)}")
 
 
+def _check_query(q, labels: str, dtypes, head_dims, op: str) -> tuple:
+    """q of shape [labels], last dim in head_dims and contiguous, every dim >= 1; returns its shape."""
+    check_tensor(q, "q", ndim=len(labels.split(",")), dtypes=dtypes)
+    if q.shape[-1] not in head_dims:
+        allowed = " or ".join(str(d) for d in head_dims)
+        raise ValueError(f"q: head dim must be {allowed} for {op}, got {q.shape[-1]}")
+    if min(q.shape) < 1:
+        raise ValueError(f"q: expected [{labels}] all >= 1, got shape {list(q.shape)}")
+    check_last_dim_contiguous(q, "q")
+    return tuple(q.shape)
+
+
+def _check_head_dim_v(value, name: str) -> None:
+    if value != HEAD_DIM_V:
+        raise ValueError(f"{name}: expected {HEAD_DIM_V}, got {value}")
+
+
 def _first(mask: torch.Tensor) -> list:
     return [int(i) for i in mask.nonzero()[0]]
 
 
-def check_lengths(lengths, name: str, batch: int, limit: int, limit_name: str, device) -> None:
+def check_lengths(lengths, name: str, batch: int, limit: int, limit_name: str, device, label: str = "b") -> None:
     """A [batch] int32 length tensor with every value in [0, limit]."""
     check_tensor(lengths, name, ndim=1, dtypes=(torch.int32,), device=device)
-    check_shape(lengths, name, [batch], "b")
+    check_shape(lengths, name, [batch], label)
     bad = (lengths < 0) | (lengths > limit)
     if bool(bad.any()):
         at = _first(bad)
@@ -130,16 +147,9 @@ def check_sparse_decode_inputs(
     q, k_cache, indices, topk_length=None, attn_sink=None, extra_k_cache=None, extra_indices=None,
     extra_topk_length=None, head_dim_v: int = HEAD_DIM_V,
 ) -> SparseDecodeShapes:
-    check_tensor(q, "q", ndim=4, dtypes=(torch.bfloat16,))
+    b, s_q, h_q, d_qk = _check_query(q, "b, s_q, h_q, d_qk", (torch.bfloat16,), SPARSE_D_QK, "sparse decode")
     dev = q.device
-    b, s_q, h_q, d_qk = q.shape
-    if d_qk not in SPARSE_D_QK:
-        raise ValueError(f"q: head dim d_qk must be 576 (V32) or 512 (MODEL1) for sparse ops, got {d_qk}")
-    if h_q < 1 or b < 1 or s_q < 1:
-        raise ValueError(f"q: expected b, s_q, h_q >= 1, got shape {list(q.shape)}")
-    check_last_dim_contiguous(q, "q")
-    if head_dim_v != HEAD_DIM_V:
-        raise ValueError(f"head_dim_v: expected {HEAD_DIM_V}, got {head_dim_v}")
+    _check_head_dim_v(head_dim_v, "head_dim_v")
     model = ModelType.from_d_qk(d_qk)
     check_kv_cache(k_cache, "k_cache", model, device=dev)
     check_tensor(indices, "indices", ndim=3, dtypes=(torch.int32,), device=dev)
@@ -189,14 +199,8 @@ class SparsePrefillShapes:
 
 
 def check_sparse_prefill_inputs(q, kv, indices, d_v=HEAD_DIM_V, attn_sink=None, topk_length=None) -> SparsePrefillShapes:
-    check_tensor(q, "q", ndim=3, dtypes=(torch.bfloat16,))
+    s_q, h_q, d_qk = _check_query(q, "s_q, h_q, d_qk", (torch.bfloat16,), SPARSE_D_QK, "sparse prefill")
     dev = q.device
-    s_q, h_q, d_qk = q.shape
-    if d_qk not in SPARSE_D_QK:
-        raise ValueError(f"q: head dim d_qk must be 576 or 512 for sparse prefill, got {d_qk}")
-    if s_q < 1 or h_q < 1:
-        raise ValueError(f"q: expected s_q, h_q >= 1, got shape {list(q.shape)}")
-    check_last_dim_contiguous(q, "q")
     check_tensor(kv, "kv", ndim=3, dtypes=(torch.bfloat16,), device=dev)
     s_kv = kv.shape[0]
     if kv.shape[1] != 1:
@@ -209,15 +213,9 @@ def check_sparse_prefill_inputs(q, kv, indices, d_v=HEAD_DIM_V, attn_sink=None, 
     if topk < 1:
         raise ValueError(f"indices: topk (last dim) must be >= 1, got {topk}")
     check_last_dim_contiguous(indices, "indices")
-    if d_v != HEAD_DIM_V:
-        raise ValueError(f"d_v: expected {HEAD_DIM_V}, got {d_v}")
+    _check_head_dim_v(d_v, "d_v")
     if topk_length is not None:
-        check_tensor(topk_length, "topk_length", ndim=1, dtypes=(torch.int32,), device=dev)
-        check_shape(topk_length, "topk_length", [s_q], "s_q")
-        bad = (topk_length < 0) | (topk_length > topk)
-        if bool(bad.any()):
-            at = _first(bad)
-            raise ValueError(f"topk_length: values must lie in [0, topk={topk}]; got {int(topk_length[tuple(at)])} at {at}")
+        check_lengths(topk_length, "topk_length", s_q, topk, "topk", dev, label="s_q")
     if attn_sink is not None:
         check_tensor(attn_sink, "attn_sink", ndim=1, dtypes=(torch.float32,), device=dev)
         check_shape(attn_sink, "attn_sink", [h_q], "h_q")
@@ -236,16 +234,9 @@ class DenseDecodeShapes:
 
 
 def check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V) -> DenseDecodeShapes:
-    check_tensor(q, "q", ndim=4, dtypes=(torch.bfloat16, torch.float16))
+    b, s_q, h_q, d = _check_query(q, "b, s_q, h_q, d", (torch.bfloat16, torch.float16), DENSE_D, "dense decode")
     dev = q.device
-    b, s_q, h_q, d = q.shape
-    if d not in DENSE_D:
-        raise ValueError(f"q: head dim must be 576 or 512 for dense decode, got {d}")
-    if b < 1 or s_q < 1 or h_q < 1:
-        raise ValueError(f"q: expected b, s_q, h_q >= 1, got shape {list(q.shape)}")
-    check_last_dim_contiguous(q, "q")
-    if head_dim_v != HEAD_DIM_V:
-        raise ValueError(f"head_dim_v: expected {HEAD_DIM_V}, got {head_dim_v}")
+    _check_head_dim_v(head_dim_v, "head_dim_v")
     check_tensor(k_cache, "k_cache", ndim=4, device=dev)
     if k_cache.dtype != q.dtype:
         raise TypeError(f"k_cache: expected dtype {q.dtype} (that of q), got {k_cache.dtype}")

@@ -49,7 +49,7 @@ m1_cache = quantize_kv_cache(torch.zeros(2, 4, 1, 512, dtype=torch.bfloat16))
 SPARSE_DECODE = {
     "q-ndim": (dict(q=torch.zeros(2, 4, 576, dtype=torch.bfloat16)), "q: expected 4 dims"),
     "q-dtype": (dict(q=torch.zeros(2, 1, 4, 576)), "q: expected dtype torch.bfloat16"),
-    "q-d_qk": (dict(q=torch.zeros(2, 1, 4, 256, dtype=torch.bfloat16)), "d_qk must be 576 .* or 512"),
+    "q-d_qk": (dict(q=torch.zeros(2, 1, 4, 256, dtype=torch.bfloat16)), "q: head dim must be 576 or 512 for sparse decode, got 256"),
     "q-last-stride": (dict(q=torch.zeros(2, 1, 4, 1152, dtype=torch.bfloat16)[..., ::2]), "q: the last dimension"),
     "head_dim_v": (dict(head_dim_v=576), "head_dim_v: expected 512, got 576"),
     "bytes-per-token": (dict(k_cache=m1_cache), "k_cache: bytes per token .* 656 for V32"),
@@ -122,7 +122,7 @@ def test_dense_decode_bad_input(over, match):
 
 
 PREFILL = {
-    "q-d_qk": (dict(q=torch.zeros(3, 2, 192, dtype=torch.bfloat16)), "d_qk must be 576 or 512"),
+    "q-d_qk": (dict(q=torch.zeros(3, 2, 192, dtype=torch.bfloat16)), "q: head dim must be 576 or 512 for sparse prefill, got 192"),
     "kv-h_kv": (dict(kv=torch.zeros(5, 2, 512, dtype=torch.bfloat16)), "kv: sparse prefill takes one KV head"),
     "kv-d": (dict(kv=torch.zeros(5, 1, 576, dtype=torch.bfloat16)), "kv: expected shape"),
     "indices-shape": (dict(indices=torch.zeros(3, 4, dtype=I32)), "indices: expected 3 dims"),
