@@ -21,9 +21,9 @@ Capability profiles (plain JSON-like dicts, see `Capabilities.from_dict`):
     }
 
 Built-in: "full" (everything; our references and kernels) and "flash_mla" (DeepSeek's package:
-h_q 64/128 for sparse ops, top-k multiples of 64, dense decode page block 64 and d 576, sparse
-prefill never tested with NaN behind entries past topk_length, bf16 MHA without GQA backward,
-CUDA only). Unsupported cases are reported as "skip" with the reason, never as passes.
+h_q 64/128 for sparse ops, top-k multiples of 64 (its B_TOPK), dense decode page block 64, sparse
+prefill never tested with NaN behind entries past topk_length, bf16 MHA without GQA backward and
+without the sliding window `window_size` (its flash_attn_varlen_func has no such argument), CUDA only). Unsupported cases are reported as "skip" with the reason, never as passes.
 """
 from __future__ import annotations
 
@@ -139,8 +139,8 @@ FLASH_MLA = Capabilities(
     allow={
         "sparse_decode": {"h_q": (64, 128)},
         "sparse_prefill": {"h_q": (64, 128), "nan_fill": ("none", "unused")},  # NaN past topk_length may leak
-        "dense_decode": {"page_block_size": (64,), "model": ("v32",)},
-        "mha_prefill": {"dtype": ("bf16",)},
+        "dense_decode": {"page_block_size": (64,)},
+        "mha_prefill": {"dtype": ("bf16",), "window_left": (-1,), "window_right": (-1,)},  # no window argument
     },
     multiple_of={"sparse_decode": {"topk": 64, "extra_topk": 64}, "sparse_prefill": {"topk": 64}},
     forbid={"mha_prefill": (("backward", "gqa"),)},

@@ -135,10 +135,13 @@ def _mha_call(module, x: Inputs):
     t, s = x.tensors, x.scalars
     backward = x.case.backward
     q, k, v = (t[n].detach().requires_grad_(backward) for n in ("q", "k", "v"))
+    # the window is a keyword-only extension: passed only when the case has one, so that implementations
+    # without it (flash_mla) are called with FlashMLA's exact signature
+    window = {"window_size": s["window_size"]} if x.case.has_window else {}
     with torch.enable_grad():
         result = module.flash_attn_varlen_func(q, k, v, t["cu_seqlens_q"], t["cu_seqlens_k"], s["max_seqlen_q"],
                                                s["max_seqlen_k"], softmax_scale=s["softmax_scale"],
-                                               causal=x.case.causal)
+                                               causal=x.case.causal, **window)
         if not backward:
             return result
         out = result[0] if isinstance(result, (tuple, list)) and result else result
@@ -154,10 +157,12 @@ def _mha_reference(x: Inputs):
     t, s, c = x.tensors, x.scalars, x.case
     args = (t["q"], t["k"], t["v"], t["cu_seqlens_q"], t["cu_seqlens_k"])
     with torch.no_grad():
-        out, lse = mha_prefill_reference(*args, softmax_scale=s["softmax_scale"], causal=c.causal)
+        out, lse = mha_prefill_reference(*args, softmax_scale=s["softmax_scale"], causal=c.causal,
+                                         window_size=c.window_size)
     result = {"out": out, "lse": lse}
     if c.backward:
-        dq, dk, dv = mha_prefill_backward_reference(t["dout"], *args, softmax_scale=s["softmax_scale"], causal=c.causal)
+        dq, dk, dv = mha_prefill_backward_reference(t["dout"], *args, softmax_scale=s["softmax_scale"], causal=c.causal,
+                                                    window_size=c.window_size)
         result.update(dq=dq, dk=dk, dv=dv)
     return result
 

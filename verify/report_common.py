@@ -4,9 +4,9 @@ Reports are the engine's `Report` objects (mlaverify.verify.results); this modul
 """
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import shlex
 import tempfile
 from collections import defaultdict
@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 from mlaverify.verify.results import CaseResult, Report, TensorMetrics
 
 __all__ = ["ReportError", "load_report", "write_atomic", "merge_reports", "group_by_op_model", "feature_matrix",
-           "discrepancy_table", "replay_command", "worst_cases", "case_score", "fmt_num", "METRIC_LABELS"]
+           "discrepancy_rows", "discrepancy_table", "text_table", "replay_command", "replay_files_of", "impl_spec",
+           "worst_cases", "case_score", "fmt_num", "METRIC_LABELS"]
 
 # Metrics shown in tables and compared by the gate, in display order, with their column labels.
 METRIC_LABELS = {
@@ -53,6 +54,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -69,9 +71,10 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     """
     if not reports:
         raise ReportError("merge: expected at least one report, got none")
-    specs = {json.dumps(r.implementation.get("spec"), sort_keys=True) for r in reports}
+    specs = sorted({str(r.implementation.get("spec")) for r in reports})
     if len(specs) > 1:
-        raise ReportError(f"merge: the reports verify different implementations ({sorted(specs)}); merge one at a time")
+        raise ReportError(f"merge: the reports verify different implementations ({', '.join(specs)}); "
+                          "merge the reports of one implementation at a time")
     seen: dict[str, int] = {}
     cases: list[CaseResult] = []
     for i, report in enumerate(reports):
@@ -88,6 +91,10 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     settings["shard"] = None
     if shards:
         settings["merged_shards"] = shards
+    replay_files: dict[str, str] = {}
+    for r in reports:
+        replay_files.update(r.settings.get("replay_files") or {})
+    settings["replay_files"] = replay_files
     return Report(cases=cases, environment=dict(first.environment), implementation=dict(first.implementation),
                   settings=settings, created=max(r.created for r in reports))
 
@@ -116,10 +123,10 @@ def feature_matrix(cases: Iterable[CaseResult]) -> tuple[list[str], list[str], d
     return sorted(features, key=_feature_key), sorted(columns), dict(cells)
 
 
-def _feature_key(feature: str) -> tuple:
-    head = feature.split(":")[0].rstrip("0123456789")
-    digits = "".join(ch for ch in feature if ch.isdigit())
-    return (head, int(digits) if digits and feature[len(head):].isdigit() else -1, feature)
+def _feature_key(feature: str) -> tuple[str, int]:
+    """Sort "h8" before "h64" (name, then number); other features alphabetically."""
+    m = re.fullmatch(r"([a-z_]+)(\d+)", feature)
+    return (m.group(1), int(m.group(2))) if m else (feature, -1)
 
 
 def case_score(c: CaseResult) -> float:
@@ -192,7 +199,13 @@ def discrepancy_table(c: CaseResult, indent: str = "  ") -> str:
     return "\n".join(parts)
 
 
+def replay_files_of(report: Report, given: dict[str, str] | None = None) -> dict[str, str]:
+    """Case id -> replay file: the files the run recorded in its settings, then ``given``."""
+    return {**(report.settings.get("replay_files") or {}), **(given or {})}
+
+
 def replay_command(c: CaseResult, impl: str | None, replay_file: str | os.PathLike | None = None) -> str:
+    """The one-line command that re-runs a case: from its replay file if there is one, else its id."""
     target = str(replay_file) if replay_file is not None else c.id
     cmd = ["mlaverify", "replay", target]
     if impl:

@@ -7,7 +7,7 @@ from html import escape
 
 from mlaverify.verify import report_svg as svg
 from mlaverify.verify.report_common import (
-    discrepancy_rows, feature_matrix, fmt_num, group_by_op_model, impl_spec, replay_command,
+    discrepancy_rows, feature_matrix, fmt_num, group_by_op_model, impl_spec, replay_command, replay_files_of,
 )
 from mlaverify.verify.results import STATUSES, CaseResult, Report
 
@@ -91,7 +91,7 @@ def _case_rows(cases: list[CaseResult]) -> list[list[str]]:
 
 
 def render_html(report: Report, *, replay_files: dict[str, str] | None = None) -> str:
-    replay_files = replay_files or {}
+    replay_files = replay_files_of(report, replay_files)
     s = report.summary
     impl = impl_spec(report) or "unknown implementation"
     verdict = "PASS" if s["passed"] else "FAIL"
@@ -101,7 +101,8 @@ def render_html(report: Report, *, replay_files: dict[str, str] | None = None) -
              f"<p>{s['total']} cases: {s['pass']} passed, {s['fail']} failed, {s['error']} errors, "
              f"{s['skip']} skipped. Tool {escape(str(report.tool.get('version', '?')))}, "
              f"created {escape(report.created or '-')}, {fmt_num(s['duration_s'])} s of case time.</p>"]
-    settings_rows = [[k, str(v)] for k, v in sorted(report.settings.items()) if k != "tolerances"]
+    settings_rows = [[k, str(v)] for k, v in sorted(report.settings.items())
+                     if k not in ("tolerances", "replay_files")]
     env_rows = [[k, str(v)] for k, v in sorted(report.environment.items())]
     parts.append("<details><summary>settings and environment</summary>" + _table(["setting", "value"], settings_rows)
                  + _table(["environment", "value"], env_rows) + "</details>")

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from mlaverify.verify.report_common import discrepancy_table, group_by_op_model, impl_spec, replay_command
+from mlaverify.verify.report_common import (
+    discrepancy_table, group_by_op_model, impl_spec, replay_command, replay_files_of,
+)
 from mlaverify.verify.results import Report
 
 __all__ = ["render_junit"]
 
 
 def render_junit(report: Report, *, replay_files: dict[str, str] | None = None) -> str:
-    replay_files = replay_files or {}
+    replay_files = replay_files_of(report, replay_files)
     impl = impl_spec(report)
     root = ET.Element("testsuites", name=f"mla-verify {impl or ''}".strip())
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "time": 0.0}

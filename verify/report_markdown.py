@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from mlaverify.verify.report_common import (
-    discrepancy_rows, feature_matrix, fmt_num, group_by_op_model, impl_spec, replay_command, worst_cases,
+    discrepancy_rows, feature_matrix, fmt_num, group_by_op_model, impl_spec, replay_command, replay_files_of,
+    worst_cases,
 )
 from mlaverify.verify.results import STATUSES, Report
 
@@ -30,7 +31,7 @@ def _verdict(report: Report) -> str:
 def render_markdown(report: Report, *, replay_files: dict[str, str] | None = None) -> str:
     """The summary: verdict, op x model counts, feature pass matrix, failures with replay commands,
     worst cases by ulp error. ``replay_files`` maps case ids to replay file paths."""
-    replay_files = replay_files or {}
+    replay_files = replay_files_of(report, replay_files)
     s = report.summary
     impl = impl_spec(report)
     lines = [f"## mla-verify: {_verdict(report)} — `{impl or 'unknown implementation'}`", ""]
@@ -50,7 +51,12 @@ def render_markdown(report: Report, *, replay_files: dict[str, str] | None = Non
 
     features, columns, cells = feature_matrix(report.cases)
     if features:
+        totals = {f: [sum((cells.get((f, col)) or {}).get(k, 0) for col in columns) for k in ("pass", "fail")]
+                  for f in features}
+        never = sorted((f for f, (p, n) in totals.items() if n and not p), key=lambda f: -totals[f][1])
         lines += ["", "### Feature pass matrix (passed/run; skipped not counted)", ""]
+        lines.append("Features whose every case failed: " + (", ".join(f"`{f}`" for f in never) or "none") + ".")
+        lines += ["", "<details><summary>matrix</summary>", ""]
         matrix_rows = []
         for feature in features:
             row = [f"`{feature}`"]
@@ -62,7 +68,7 @@ def render_markdown(report: Report, *, replay_files: dict[str, str] | None = Non
                 mark = "❌ " if cell["fail"] else ""
                 row.append(f"{mark}{cell['pass']}/{cell['pass'] + cell['fail']}")
             matrix_rows.append(row)
-        lines += _table(["feature", *columns], matrix_rows)
+        lines += _table(["feature", *columns], matrix_rows) + ["", "</details>"]
 
     failures = report.failures()
     if failures:

@@ -36,7 +36,7 @@ def histogram(title: str, labels: Sequence[str], counts: Sequence[int], xlabel: 
     """Vertical bars, one per bin label, with the count above each bar."""
     if len(labels) != len(counts):
         raise ValueError(f"histogram: expected as many labels as counts, got {len(labels)} and {len(counts)}")
-    left, right, top, bottom = 36, 10, 28, 46
+    left, right, top, bottom = 36, 10, 38, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max(counts, default=0) or 1
     step = plot_w / max(1, len(counts))
@@ -59,7 +59,8 @@ def _scale(values: Sequence[float], log: bool) -> tuple[float, float]:
     lo, hi = min(vals), max(vals)
     if hi - lo < 1e-12:
         lo, hi = lo - 1, hi + 1
-    return lo, hi
+    pad = 0.05 * (hi - lo)  # keep points off the frame
+    return lo - pad, hi + pad
 
 
 def _ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
@@ -96,6 +97,8 @@ def scatter(title: str, points: Sequence[tuple[float, float, bool]], xlabel: str
         x = left + plot_w * (v - x_lo) / (x_hi - x_lo)
         body.append(_text(x, top + plot_h + 12, label, 9))
     for v, label in _ticks(y_lo, y_hi, log_y):
+        if log_y and abs(v - math.log10(floor_y)) < 1e-9:
+            label = "0"  # exact results are drawn at the floor
         y = top + plot_h - plot_h * (v - y_lo) / (y_hi - y_lo)
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
         body.append(_text(left - 4, y + 3, label, 9, anchor="end"))
@@ -112,7 +115,7 @@ def pass_matrix(title: str, rows: Sequence[str], columns: Sequence[str], cells: 
     """Grid of rows x columns; a cell {"pass", "fail", "skip"} is green (all pass), red (any fail),
     grey (only skips), empty (no case); it shows passed/total."""
     cell_w, cell_h, label_w, head_h = 92, 18, 150, 110
-    width = label_w + cell_w * len(columns) + 10
+    width = label_w + cell_w * len(columns) + 110  # room for the last slanted column label
     height = head_h + cell_h * len(rows) + 10
     body = []
     for j, column in enumerate(columns):

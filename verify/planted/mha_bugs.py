@@ -42,6 +42,17 @@ def _causal_top_left(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_s
     return _top_left_attention(q, k, v, cu_seqlens_qo, cu_seqlens_kv, scale)
 
 
+def _window_left_off_by_one(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,
+                            softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
+                            window_size=(-1, -1)):
+    mha_ref.check_window_size(window_size, causal)  # bad input still raises as in the reference
+    left, right = window_size
+    left = left + 1 if left >= 0 else left  # should be keys t >= diag - left: one key too many on the left
+    return mha_ref.flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
+                                          dropout_p, softmax_scale, causal, deterministic, is_varlen,
+                                          window_size=(left, right))
+
+
 def _dk_unscaled(dq, dk, dv, grads_last_head, scale):
     return dq, dk / scale, dv  # the softmax_scale factor of dK = scale * dS^T Q forgotten
 
@@ -94,20 +105,25 @@ def _backward_bug(perturb):
 
 
 def _api(varlen) -> dict:
-    """The three MHA entry points, the packed ones routed through the buggy ``varlen``."""
+    """The three MHA entry points, the packed ones routed through the buggy ``varlen`` (a sliding
+    window, when given, is passed on as the keyword-only ``window_size``)."""
+
+    def window(window_size) -> dict:
+        return {} if tuple(window_size) == (-1, -1) else {"window_size": window_size}
 
     def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, head_dim_qk, dropout_p=0.0,
-                                         softmax_scale=None, causal=False, deterministic=False, is_varlen=True):
+                                         softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
+                                         window_size=(-1, -1)):
         q, k, v = mha_ref.split_qkv_packed(qkv, head_dim_qk)
         return varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
-                      deterministic, is_varlen)
+                      deterministic, is_varlen, **window(window_size))
 
     def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
                                         head_dim_qk, dropout_p=0.0, softmax_scale=None, causal=False,
-                                        deterministic=False, is_varlen=True):
+                                        deterministic=False, is_varlen=True, *, window_size=(-1, -1)):
         k, v = mha_ref.split_kv_packed(kv, head_dim_qk)
         return varlen(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p,
-                      softmax_scale, causal, deterministic, is_varlen)
+                      softmax_scale, causal, deterministic, is_varlen, **window(window_size))
 
     return {"flash_attn_varlen_func": varlen,
             "flash_attn_varlen_qkvpacked_func": flash_attn_varlen_qkvpacked_func,
@@ -124,4 +140,6 @@ BUGS = [
                _api(_backward_bug(_dk_unscaled))),
     PlantedBug("mha_dkdv_not_summed", "dk/dv of a KV head taken from one query head, not its GQA group", _OPS,
                _MODELS, _api(_backward_bug(_dkdv_last_head))),
+    PlantedBug("mha_window_left_off_by_one", "sliding window left bound off by one (one key too many on the left)",
+               _OPS, _MODELS, _api(_window_left_off_by_one)),
 ]
