@@ -19,7 +19,7 @@ from . import _runtime  # noqa: F401  (decides compiled vs interpreter mode befo
 import triton
 import triton.language as tl
 
-from ._mha_prefill_fwd import _key_range, _mma, _mma_split, _round16, _visible
+from ._mha_prefill_fwd import _key_range, _mma, _mma_split, _round16, _sequence_bounds, _visible
 
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): natural-log lse -> exp2 domain
 
@@ -106,12 +106,7 @@ def _mha_bwd_dkdv_kernel(
     pid_n = tl.program_id(0)
     seq = tl.program_id(1)
     kvh = tl.program_id(2)
-    q_lo = tl.load(cu_q + seq)
-    s_q = tl.load(cu_q + seq + 1) - q_lo
-    k_lo = tl.load(cu_k + seq)
-    s_k = tl.load(cu_k + seq + 1) - k_lo
-    q_lo = q_lo.to(tl.int64)  # token offsets times strides may pass 2^31
-    k_lo = k_lo.to(tl.int64)
+    q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     n0 = pid_n * BLOCK_N
     if n0 >= s_k:
         return
@@ -212,12 +207,7 @@ def _mha_bwd_dq_kernel(
     pid_m = tl.program_id(0)
     seq = tl.program_id(1)
     h = tl.program_id(2)
-    q_lo = tl.load(cu_q + seq)
-    s_q = tl.load(cu_q + seq + 1) - q_lo
-    k_lo = tl.load(cu_k + seq)
-    s_k = tl.load(cu_k + seq + 1) - k_lo
-    q_lo = q_lo.to(tl.int64)  # token offsets times strides may pass 2^31
-    k_lo = k_lo.to(tl.int64)
+    q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= s_q:
         return

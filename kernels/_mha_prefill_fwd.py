@@ -36,6 +36,16 @@ def _round16(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _sequence_bounds(cu_q, cu_k, seq):
+    """First packed row (int64) and length of sequence `seq`, for the queries and the keys."""
+    q_lo = tl.load(cu_q + seq)
+    s_q = tl.load(cu_q + seq + 1) - q_lo
+    k_lo = tl.load(cu_k + seq)
+    s_k = tl.load(cu_k + seq + 1) - k_lo
+    return q_lo.to(tl.int64), s_q, k_lo.to(tl.int64), s_k  # int64: token offsets times strides may pass 2^31
+
+
+@triton.jit
 def _mma(a, b, acc, UPCAST: tl.constexpr):
     """acc + a @ b with float32 accumulation on 16-bit operands.
 
@@ -164,12 +174,7 @@ def _mha_fwd_kernel(
     pid_m = tl.program_id(0)
     seq = tl.program_id(1)
     h = tl.program_id(2)
-    q_lo = tl.load(cu_q + seq)
-    s_q = tl.load(cu_q + seq + 1) - q_lo
-    k_lo = tl.load(cu_k + seq)
-    s_k = tl.load(cu_k + seq + 1) - k_lo
-    q_lo = q_lo.to(tl.int64)  # token offsets times strides may pass 2^31
-    k_lo = k_lo.to(tl.int64)
+    q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= s_q:
         return

@@ -38,6 +38,14 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def _apply_sink(out, lse, empty, sink_ptr, heads, head_ok):
+    """out [BLOCK_H, D_V] times 1 / (1 + exp(sink - lse)) per head; rows with no valid entry stay 0."""
+    sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
+    sink_gap = sink - tl.where(empty, 0.0, lse)  # empty rows: keep inf - inf out of the math
+    return out * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink_gap)))[:, None]
+
+
+@triton.jit
 def _attend_list(
     acc, m_i, l_i,  # running state: [BLOCK_H, 512] f32, [BLOCK_H] row max (log2 domain), [BLOCK_H] sum
     q_a, q_b,  # query pieces: [BLOCK_H, 512], [BLOCK_H, 64] (V32 only)
@@ -154,10 +162,7 @@ def _sparse_decode_split_kernel(
     if FINAL:
         lse = tl.where(empty, float("inf"), lse)
         if HAS_SINK:
-            sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
-            # 1 / (1 + exp(sink - lse)); empty rows stay 0 whatever the sink
-            sink_gap = sink - tl.where(empty, 0.0, lse)  # empty rows: keep inf - inf out of the math
-            out = out * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink_gap)))[:, None]
+            out = _apply_sink(out, lse, empty, sink_ptr, heads, head_ok)
         out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
         store_bf16(out_rows + dims[None, :], out, head_ok[:, None], INTERPRET)
         tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
@@ -199,9 +204,7 @@ def _sparse_decode_combine_kernel(
         part = tl.load(part_out_ptr + slot[:, None] * D_V + dims[None, :], mask=head_ok[:, None], other=0.0)
         acc += weight[:, None] * part
     if HAS_SINK:
-        sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
-        sink_gap = sink - tl.where(empty, 0.0, lse)  # empty rows: keep inf - inf out of the math
-        acc = acc * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink_gap)))[:, None]
+        acc = _apply_sink(acc, lse, empty, sink_ptr, heads, head_ok)
     out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
     store_bf16(out_rows + dims[None, :], acc, head_ok[:, None], INTERPRET)
     tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
