@@ -71,6 +71,22 @@ SPARSE_PREFILL = (
     SparsePrefillConfig("model1-config2", ModelType.MODEL1, 128, 1024, (8192, 65536)),
 )
 
+@dataclasses.dataclass(frozen=True)
+class DenseDecodeGrid:
+    """The dense decode production grid of configs-and-performance.md (every combination)."""
+
+    b: int = 128
+    s_q: tuple = (1, 2)
+    s_k: tuple = (4096, 8192, 16384, 32768)
+    h_q: int = 128
+    h_kv: int = 1
+    d: int = 576
+    causal: tuple = (False, True)
+    page_block_size: int = 64
+
+
+DENSE_DECODE_GRID = DenseDecodeGrid()
+
 DENSE_DECODE = (
     # configs-and-performance.md: b = 128, s_q in {1, 2}, s_k 4096..32768, h_q 128, h_kv 1, d 576
     DenseDecodeConfig("compute-bound", b=128, s_q=2, h_q=128, h_kv=1, s_k=8192),

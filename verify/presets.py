@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlaverify.reference import configs
 from mlaverify.verify.cases import Case
 
 
@@ -25,55 +26,64 @@ class Preset:
     cpu: tuple[Case, ...]       # same structure, small enough for the interpreter
 
 
-_DECODE_BATCHES = {"v32": (2, 64, 74, 128), "model1": (2, 64, 74, 128, 148, 256)}
+# CPU sizes: (s_k, topk) of the main and the extra list. Page block sizes, h_q, the extra cache and
+# extra_topk_length stay those of the production record, so the structure is the same.
+_CPU_DECODE = {
+    "v32": ((640, 256), None),
+    "model1-config1": ((512, 128), (600, 128)),
+    "model1-config2": ((512, 128), (600, 256)),
+    "model1-config3": ((512, 128), (600, 256)),
+    "model1-config4": ((512, 128), (600, 256)),
+}
+_CPU_PREFILL = {"v32": 256, "model1-config1": 128, "model1-config2": 256}  # topk on CPU (s_q 4, s_kv 600)
 
 
-def _decode(name: str, model: str, h_q: int, main: tuple[int, int, int], extra: tuple[int, int, int] | None,
-            extra_len: bool, cpu_main: tuple[int, int, int], cpu_extra: tuple[int, int, int] | None) -> Preset:
-    def make(b: int, m: tuple[int, int, int], x: tuple[int, int, int] | None) -> Case:
-        kw = dict(op="sparse_decode", model=model, b=b, s_q=2, h_q=h_q, s_kv=m[0], topk=m[1], page_block_size=m[2],
-                  seed=0)
-        if x is not None:
-            kw.update(extra_s_kv=x[0], extra_topk=x[1], extra_page_block_size=x[2],
-                      extra_topk_length="partial" if extra_len else "none")
+def _decode(cfg: configs.SparseDecodeConfig) -> Preset:
+    def make(b: int, main: tuple[int, int], extra: tuple[int, int] | None) -> Case:
+        kw = dict(op="sparse_decode", model=cfg.model.value, b=b, s_q=cfg.s_q, h_q=cfg.h_q, s_kv=main[0],
+                  topk=main[1], page_block_size=cfg.page_block_size, seed=0)
+        if extra is not None:
+            kw.update(extra_s_kv=extra[0], extra_topk=extra[1], extra_page_block_size=cfg.extra_page_block_size,
+                      extra_topk_length="partial" if cfg.extra_topk_length else "none")
         return Case(**kw)
 
-    full = tuple(make(b, main, extra) for b in _DECODE_BATCHES[model])
-    desc = f"sparse decode {model} h_q={h_q} s_k/topk/page block {main}" + (f", extra {extra}" if extra else "")
-    return Preset(name, desc, full, (make(2, cpu_main, cpu_extra),))
+    main, extra = (cfg.s_k, cfg.topk), ((cfg.extra_s_k, cfg.extra_topk) if cfg.extra_s_k else None)
+    full = tuple(make(b, main, extra) for b in cfg.batch_sizes)
+    cpu_main, cpu_extra = _CPU_DECODE[cfg.name]
+    desc = (f"sparse decode {cfg.model.value} h_q={cfg.h_q} s_k/topk/page block "
+            f"{(cfg.s_k, cfg.topk, cfg.page_block_size)}")
+    if extra:
+        desc += f", extra {(cfg.extra_s_k, cfg.extra_topk, cfg.extra_page_block_size)}"
+    return Preset(cfg.name, desc, full, (make(2, cpu_main, cpu_extra),))
 
 
-def _prefill(name: str, model: str, h_q: int, topk: int, s_kv: tuple[int, ...], cpu: tuple[int, int, int]) -> Preset:
-    full = tuple(Case(op="sparse_prefill", model=model, s_q=4096, h_q=h_q, s_kv=s, topk=topk, sink="finite")
+def _prefill(cfg: configs.SparsePrefillConfig) -> Preset:
+    lo, hi = cfg.s_kv_range
+    s_kv = sorted({lo, min(4 * lo, hi), hi})  # the range's ends and one point between
+    sink = "finite" if cfg.attn_sink else "none"
+    model = cfg.model.value
+    full = tuple(Case(op="sparse_prefill", model=model, s_q=cfg.s_q, h_q=cfg.h_q, s_kv=s, topk=cfg.topk, sink=sink)
                  for s in s_kv)
-    s_q, cpu_topk, cpu_kv = cpu
-    small = Case(op="sparse_prefill", model=model, s_q=s_q, h_q=h_q, s_kv=cpu_kv, topk=cpu_topk, sink="finite")
-    return Preset(name, f"sparse prefill {model} h_q={h_q} topk={topk}", full, (small,))
+    small = Case(op="sparse_prefill", model=model, s_q=4, h_q=cfg.h_q, s_kv=600, topk=_CPU_PREFILL[cfg.name],
+                 sink=sink)
+    return Preset(f"prefill-{cfg.name}", f"sparse prefill {model} h_q={cfg.h_q} topk={cfg.topk}", full, (small,))
 
 
-def _dense() -> Preset:
-    full = tuple(Case(op="dense_decode", model="v32", b=128, s_q=s_q, h_q=128, s_kv=s_k, page_block_size=64,
-                      causal=causal, seqlens="varlen")
-                 for s_q in (1, 2) for s_k in (4096, 8192, 16384, 32768) for causal in (False, True))
-    cpu = tuple(Case(op="dense_decode", model="v32", b=2, s_q=s_q, h_q=128, s_kv=160, page_block_size=64,
-                     causal=causal, seqlens="varlen") for s_q in (1, 2) for causal in (False, True))
-    return Preset("dense-v32", "dense decode b=128 h_q=128 h_kv=1 d=576", full, cpu)
+def _dense(grid: configs.DenseDecodeGrid) -> Preset:
+    def make(b: int, s_q: int, s_k: int, causal: bool) -> Case:
+        return Case(op="dense_decode", model="v32" if grid.d == 576 else "model1", b=b, s_q=s_q, h_q=grid.h_q,
+                    h_kv=grid.h_kv, s_kv=s_k, page_block_size=grid.page_block_size, causal=causal, seqlens="varlen")
+
+    full = tuple(make(grid.b, s_q, s_k, c) for s_q in grid.s_q for s_k in grid.s_k for c in grid.causal)
+    cpu = tuple(make(2, s_q, 160, c) for s_q in grid.s_q for c in grid.causal)
+    desc = f"dense decode b={grid.b} h_q={grid.h_q} h_kv={grid.h_kv} d={grid.d}"
+    return Preset("dense-v32", desc, full, cpu)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    _decode("v32", "v32", 128, (32768, 2048, 64), None, False, (640, 256, 64), None),
-    _decode("model1-config1", "model1", 64, (16384, 128, 256), (16384, 512, 64), False,
-            (512, 128, 256), (600, 128, 64)),
-    _decode("model1-config2", "model1", 128, (16384, 128, 256), (16384, 1024, 64), False,
-            (512, 128, 256), (600, 256, 64)),
-    _decode("model1-config3", "model1", 64, (16384, 128, 256), (16384, 1024, 2), True,
-            (512, 128, 256), (600, 256, 2)),
-    _decode("model1-config4", "model1", 128, (16384, 128, 256), (16384, 1024, 2), True,
-            (512, 128, 256), (600, 256, 2)),
-    _prefill("prefill-v32", "v32", 128, 2048, (8192, 32768, 131072), (4, 256, 600)),
-    _prefill("prefill-model1-config1", "model1", 64, 512, (8192, 32768, 65536), (4, 128, 600)),
-    _prefill("prefill-model1-config2", "model1", 128, 1024, (8192, 32768, 65536), (4, 256, 600)),
-    _dense(),
+    *(_decode(cfg) for cfg in configs.SPARSE_DECODE),
+    *(_prefill(cfg) for cfg in configs.SPARSE_PREFILL),
+    _dense(configs.DENSE_DECODE_GRID),
 )}
 
 
