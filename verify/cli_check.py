@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import torch
+
 from mlaverify.verify.implementations import Implementation, load_implementation
+from mlaverify.verify.presets import PRESETS, preset_cases
 from mlaverify.verify.progress import Progress
 from mlaverify.verify.replay import shrink_case, write_replay
 from mlaverify.verify.report_common import (
@@ -22,7 +25,7 @@ from mlaverify.verify.report_html import render_html
 from mlaverify.verify.report_junit import render_junit
 from mlaverify.verify.report_markdown import render_markdown
 from mlaverify.verify.results import STATUSES, Report
-from mlaverify.verify.runner import run_check
+from mlaverify.verify.runner import default_device, run_check
 from mlaverify.verify.tolerances import apply_overrides, load_tolerances, parse_override
 
 __all__ = ["CheckOutput", "add_check_options", "execute_check", "write_reports", "print_summary"]
@@ -55,6 +58,12 @@ def add_check_options(p: argparse.ArgumentParser, impl_required: bool = True) ->
                    help="case-drawing profile (default ci: deterministic)")
     p.add_argument("--max-examples", type=int, default=None, metavar="N", help="cases per op and model")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the case draws (default 0)")
+    p.add_argument("--preset", action="append", default=[], metavar="NAME",
+                   help="run a named production configuration instead of drawn cases (repeatable): "
+                        + ", ".join(PRESETS))
+    p.add_argument("--preset-size", choices=("full", "cpu"), default=None,
+                   help="full: production sizes (for GPUs); cpu: same structure, scaled down "
+                        "(default: cpu on a CPU device, full otherwise)")
     p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (1-based), then `merge`")
     p.add_argument("--tolerance", action="append", default=[], metavar="OP.OUTPUT.FIELD=VALUE",
                    help="override one tolerance, e.g. sparse_decode.out.atol=2e-3 (repeatable)")
@@ -107,11 +116,19 @@ def execute_check(args: argparse.Namespace, impl: Implementation, settings: dict
     profile = args.profile or settings.get("profile") or "ci"
     max_examples = args.max_examples if args.max_examples is not None else settings.get("max_examples")
     seed = args.seed if args.seed is not None else settings.get("seed", 0)
+    presets = args.preset or settings.get("presets") or []
+    cases, preset_size = None, None
+    if presets:
+        device = torch.device(args.device or default_device())
+        preset_size = args.preset_size or settings.get("preset_size") or ("cpu" if device.type == "cpu" else "full")
+        cases = [case for name in presets for case in preset_cases(name, preset_size, seed)]
     report = run_check(impl, ops=ops, models=models, profile=profile, max_examples=max_examples, seed=seed,
                        shard=parse_shard(args.shard), progress=_progress_callback(args.quiet, err),
                        device=args.device, tolerance_overrides=overrides or None,
-                       corners=bool(settings.get("corners", True)))
+                       corners=bool(settings.get("corners", True)), cases=cases)
     report.settings["shard"] = args.shard  # as the user wrote it (1-based K/N)
+    if presets:  # recorded so that a gate against this report re-runs the same presets
+        report.settings["presets"], report.settings["preset_size"] = list(presets), preset_size
     return CheckOutput(report)
 
 

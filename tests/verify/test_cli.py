@@ -68,6 +68,19 @@ def test_check_json_without_out(tmp_path):
     assert Report.from_json(target.read_text()).passed
 
 
+def test_check_runs_a_named_preset_and_the_gate_reruns_it(tmp_path, capsys):
+    target, report_path = tmp_path / "baseline.json", tmp_path / "r.json"
+    argv = ["--impl", CLEAN, "--preset", "prefill-v32", "--preset-size", "cpu", "--quiet"]
+    assert main(["check", *argv, "--json", str(report_path)]) == 0
+    report = Report.from_json(report_path.read_text())
+    assert [c.case.op for c in report.cases] == ["sparse_prefill"]
+    assert (report.cases[0].case.s_q, report.cases[0].case.h_q, report.cases[0].case.topk) == (4, 128, 256)
+    assert report.settings["presets"] == ["prefill-v32"] and report.settings["preset_size"] == "cpu"
+    assert main(["baseline", *argv, "-o", str(target)]) == 0
+    assert main(["gate", "--baseline", str(target), "--impl", CLEAN, "--quiet", "--out", str(tmp_path / "g")]) == 0
+    assert "1 cases compared" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["check", "--impl", "no_such_module_for_mlaverify"], "cannot import"),
     (["check"], "--impl"),
@@ -77,6 +90,7 @@ def test_check_json_without_out(tmp_path):
     (["check", "--impl", CLEAN, "--tolerance", "sparse_decode.nope.atol=1"], "unknown output"),
     (["check", "--impl", CLEAN, "--ops", "warp_decode"], "ops"),
     (["check", "--impl", CLEAN, "--profile", "fast"], "invalid choice"),
+    (["check", "--impl", CLEAN, "--preset", "v33"], "preset: expected one of"),
     (["frobnicate"], "invalid choice"),
     (["report", "missing.json", "--format", "md"], "cannot read"),
 ])
