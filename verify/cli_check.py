@@ -56,7 +56,8 @@ def add_check_options(p: argparse.ArgumentParser, impl_required: bool = True) ->
     p.add_argument("--models", nargs="+", metavar="MODEL", help="models (v32, model1, d192, d128; default: all)")
     p.add_argument("--profile", choices=("ci", "dev", "thorough"), default=None,
                    help="case-drawing profile (default ci: deterministic)")
-    p.add_argument("--max-examples", type=int, default=None, metavar="N", help="cases per op and model")
+    p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                   help="drawn cases per op and model (the fixed corner cases of each op and model come on top)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the case draws (default 0)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="run a named production configuration instead of drawn cases (repeatable): "
