@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mlaverify.kernels.sparse_prefill import _dot, _dot_pv, _round
+from mlaverify.kernels.sparse_prefill import _dot, _online_softmax_step, _round
 from mlaverify.reference.validation import check_dense_decode_inputs
 
 D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
@@ -109,13 +109,7 @@ def _dense_decode_split_kernel(
             visible = t_ok[None, :] & (t[None, :] < limit[:, None])
             scores = tl.where(visible, scores * sm_scale, float("-inf"))
 
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet: no inf - inf
-            alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
-            p = tl.exp(scores - m_shift[:, None])  # invisible tokens give exp(-inf) = 0
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + _dot_pv(p, k_main, UPCAST)  # V = K[:, :512]
-            m_i = m_new
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST)  # V = K[:, :512]
 
         seen = l_i > 0.0
         l_safe = tl.where(seen, l_i, 1.0)

@@ -67,6 +67,20 @@ def _dot_pv(p, v, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr):
+    """Fold one block of scaled scores [M, N] (-inf where masked) and values v [N, D] into the
+    running (acc, max, sum) of a natural-log online softmax."""
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    # rows that have seen nothing yet keep m = -inf; shift by 0 there to avoid inf - inf
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
+    p = tl.exp(scores - m_shift[:, None])  # masked entries give exp(-inf) = 0
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _dot_pv(p, v, UPCAST)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _sparse_prefill_kernel(
     q_ptr,  # [s_q, h_q, d_qk] bf16
     kv_ptr,  # [s_kv, 1, d_qk] bf16
@@ -136,14 +150,7 @@ def _sparse_prefill_kernel(
             scores += _dot(q_rope, tl.trans(k_rope), UPCAST)
         scores = tl.where(valid[None, :], scores * sm_scale, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        # rows that have seen nothing yet keep m = -inf; shift by 0 there to avoid inf - inf
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
-        p = tl.exp(scores - m_shift[:, None])  # ignored entries give exp(-inf) = 0
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot_pv(p, k_main, UPCAST)  # V = K[:, :512]
-        m_i = m_new
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST)  # V = K[:, :512]
 
     has_any = l_i > 0.0
     l_safe = tl.where(has_any, l_i, 1.0)
