@@ -18,9 +18,14 @@ Capability profiles (plain JSON-like dicts, see `Capabilities.from_dict`):
         "max": {"*": {"s_kv": 4096}},
         "forbid": {"mha_prefill": [["backward", "gqa"]]},   # Case.features() combinations not claimed
         "devices": ["cuda"],              # device types it runs on (default: any)
+        "checks": ["inputs_unmodified", "repeat_bitwise"],  # behavioural checks claimed (default: all)
     }
 
-Built-in: "full" (everything; our references and kernels) and "flash_mla" (DeepSeek's package:
+Built-in: "full" (everything; our kernels), "reference" (everything but the batch-permutation check:
+`mlaverify.reference` and the planted bugs built on it are vectorized PyTorch, whose float32 results
+depend on where a row sits in a SIMD loop on a given CPU, so bit-for-bit batch invariance is not a
+property they have by construction; a kernel's split decisions are per sequence, so ours are asserted
+it) and "flash_mla" (DeepSeek's package:
 h_q 64/128 for sparse ops, top-k multiples of 64 (its B_TOPK), dense decode page block 64, sparse
 prefill never tested with NaN behind entries past topk_length, bf16 MHA without GQA backward and
 without the sliding window `window_size` (its flash_attn_varlen_func has no such argument), CUDA only). Unsupported cases are reported as "skip" with the reason, never as passes.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +64,10 @@ class Capabilities:
     max: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     forbid: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     devices: tuple[str, ...] | None = None
+    checks: tuple[str, ...] | None = None   # behavioural checks claimed (None: all of runner.CHECKS)
+
+    def claims_check(self, name: str) -> bool:
+        return self.checks is None or name in self.checks
 
     def _rules(self, table: Mapping[str, Mapping[str, Any]], op: str) -> dict[str, Any]:
         return {**table.get("*", {}), **table.get(op, {})}
@@ -91,13 +101,14 @@ class Capabilities:
         return {"name": self.name, "ops": list(self.ops), "allow": plain(self.allow),
                 "multiple_of": plain(self.multiple_of), "max": plain(self.max),
                 "forbid": {op: [list(c) for c in combos] for op, combos in self.forbid.items()},
-                "devices": None if self.devices is None else list(self.devices)}
+                "devices": None if self.devices is None else list(self.devices),
+                "checks": None if self.checks is None else list(self.checks)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> "Capabilities":
         if not isinstance(data, Mapping):
             raise ImplementationError(f"capabilities: expected a dict, got {type(data).__name__}")
-        known = {"name", "base", "ops", "allow", "multiple_of", "max", "forbid", "devices"}
+        known = {"name", "base", "ops", "allow", "multiple_of", "max", "forbid", "devices", "checks"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ImplementationError(f"capabilities: unknown keys {unknown}; expected some of {sorted(known)}")
@@ -126,14 +137,23 @@ class Capabilities:
         for op, combos in dict(data.get("forbid", {})).items():
             forbid[op] = forbid.get(op, ()) + tuple(tuple(str(f) for f in c) for c in combos)
         devices = data.get("devices", base.devices)
+        checks = data.get("checks", base.checks)
+        if checks is not None:
+            bad = [c for c in checks if c not in BEHAVIOURAL_CHECKS]
+            if bad:
+                raise ImplementationError(f"capabilities.checks: unknown checks {bad}; "
+                                          f"expected some of {list(BEHAVIOURAL_CHECKS)}")
         return cls(
             name=str(data.get("name", name)), ops=ops, allow=merged("allow", tuple),
             multiple_of=merged("multiple_of", int), max=merged("max", int), forbid=forbid,
             devices=None if devices is None else tuple(devices),
+            checks=None if checks is None else tuple(checks),
         )
 
 
+BEHAVIOURAL_CHECKS = ("inputs_unmodified", "repeat_bitwise", "batch_permutation")
 FULL = Capabilities("full")
+REFERENCE = Capabilities("reference", checks=("inputs_unmodified", "repeat_bitwise"))
 FLASH_MLA = Capabilities(
     "flash_mla",
     allow={
@@ -146,21 +166,45 @@ FLASH_MLA = Capabilities(
     forbid={"mha_prefill": (("backward", "gqa"),)},
     devices=("cuda",),
 )
-BUILTIN_PROFILES: dict[str, Capabilities] = {"full": FULL, "flash_mla": FLASH_MLA}
+BUILTIN_PROFILES: dict[str, Capabilities] = {"full": FULL, "reference": REFERENCE, "flash_mla": FLASH_MLA}
+
+
+API_FUNCTIONS = tuple(sorted({f for fs in OP_FUNCTIONS.values() for f in fs}))
+
+
+def api_functions(module: ModuleType) -> frozenset[str]:
+    """The FlashMLA API functions ``module`` has (callable attributes)."""
+    return frozenset(f for f in API_FUNCTIONS if callable(getattr(module, f, None)))
 
 
 @dataclass(frozen=True)
 class Implementation:
     spec: str                       # what the user passed
-    module: ModuleType
+    module: ModuleType | None       # None when the module lives in a worker process only
     capabilities: Capabilities
+    module_name: str = ""           # the module's __name__
+    functions: frozenset[str] = frozenset()   # the API functions it has
+    runner: Any = field(default=None, compare=False, repr=False)  # runs its cases: impl_call.InProcess or a worker
 
     @property
     def name(self) -> str:
-        return self.module.__name__
+        return self.module_name or (self.module.__name__ if self.module is not None else self.spec)
+
+    @property
+    def mode(self) -> str:
+        """"in-process" or "subprocess": where the implementation's code runs."""
+        return self.runner.mode
+
+    def run(self, case: Case, device, checks):
+        """Run ``case`` on the implementation's side (call + behavioural checks): an impl_call.ImplRun."""
+        return self.runner.run(case, device, checks)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
 
     def missing_functions(self, op: str) -> list[str]:
-        return [f for f in OP_FUNCTIONS[op] if not callable(getattr(self.module, f, None))]
+        return [f for f in OP_FUNCTIONS[op] if f not in self.functions]
 
     def unsupported_reason(self, case: Case, device: str | None = None) -> str | None:
         missing = self.missing_functions(case.op)
@@ -169,11 +213,22 @@ class Implementation:
         return self.capabilities.unsupported_reason(case, device)
 
 
-def _import(spec: str) -> ModuleType:
+def _exit_text(exc: SystemExit) -> str:
+    return f"called sys.exit({exc.code!r})"
+
+
+def import_implementation(spec: str) -> ModuleType:
+    """Import a module name or a .py file as ``python`` would: a module name is looked up on the path with
+    the current folder first (so ``my_kernels`` finds ./my_kernels.py), and a file's own folder is put on the
+    path so that it can import the modules beside it. Raises ImplementationError, also when the import
+    calls sys.exit()."""
     path = Path(spec)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise ImplementationError(f"implementation: file {spec!r} does not exist")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         name = "mlaverify_impl_" + path.stem
         loader_spec = importlib.util.spec_from_file_location(name, path)
         if loader_spec is None or loader_spec.loader is None:
@@ -182,19 +237,29 @@ def _import(spec: str) -> ModuleType:
         sys.modules[name] = module
         try:
             loader_spec.loader.exec_module(module)
+        except SystemExit as exc:
+            sys.modules.pop(name, None)
+            raise ImplementationError(f"implementation: importing {spec!r} {_exit_text(exc)}") from None
         except Exception as exc:
             sys.modules.pop(name, None)
             raise ImplementationError(f"implementation: importing {spec!r} failed: {type(exc).__name__}: {exc}") from exc
         return module
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # `mlaverify` is a console script: its sys.path[0] is its bin folder, not here
     try:
         return importlib.import_module(spec)
+    except SystemExit as exc:
+        raise ImplementationError(f"implementation: importing {spec!r} {_exit_text(exc)}") from None
     except Exception as exc:
         raise ImplementationError(f"implementation: cannot import {spec!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve_capabilities(module: ModuleType, capabilities: str | Mapping[str, Any] | Capabilities | None) -> Capabilities:
+def resolve_capabilities(module: ModuleType | None, capabilities: str | Mapping[str, Any] | Capabilities | None,
+                         *, module_name: str | None = None, declared: Any = None) -> Capabilities:
     """Explicit profile (name, dict or Capabilities), else the module's MLAVERIFY_CAPABILITIES,
-    else "flash_mla" for the flash_mla package, else "full"."""
+    else "flash_mla" for the flash_mla package, "reference" for mlaverify.reference, else "full".
+    Without the module (it lives in a worker), pass its ``module_name`` and ``declared`` profile."""
     if isinstance(capabilities, Capabilities):
         return capabilities
     if isinstance(capabilities, str):
@@ -204,26 +269,56 @@ def resolve_capabilities(module: ModuleType, capabilities: str | Mapping[str, An
         return BUILTIN_PROFILES[capabilities]
     if capabilities is not None:
         return Capabilities.from_dict(capabilities)
-    declared = getattr(module, "MLAVERIFY_CAPABILITIES", None)
+    name = module.__name__ if module is not None else str(module_name)
+    if module is not None:
+        declared = getattr(module, "MLAVERIFY_CAPABILITIES", None)
     if declared is not None:
-        return Capabilities.from_dict(declared, name=f"{module.__name__}.MLAVERIFY_CAPABILITIES")
-    if module.__name__.split(".")[0] == "flash_mla":
+        return Capabilities.from_dict(declared, name=f"{name}.MLAVERIFY_CAPABILITIES")
+    if name.split(".")[0] == "flash_mla":
         return FLASH_MLA
+    if name == "mlaverify.reference":
+        return REFERENCE
     return FULL
 
 
+def _no_api_error(text: str) -> ImplementationError:
+    return ImplementationError(f"implementation {text!r} exposes none of the FlashMLA API functions {list(API_FUNCTIONS)}")
+
+
 def load_implementation(spec: str | ModuleType,
-                        capabilities: str | Mapping[str, Any] | Capabilities | None = None) -> Implementation:
-    """Import `spec` (module name, .py path, or an already imported module); raises ImplementationError."""
-    if isinstance(spec, ModuleType):
-        module, text = spec, spec.__name__
-    elif isinstance(spec, str) and spec:
-        module, text = _import(spec), spec
-    else:
+                        capabilities: str | Mapping[str, Any] | Capabilities | None = None, *,
+                        isolate: bool = False, timeout_s: float | None = None, threads: int | None = None,
+                        ) -> Implementation:
+    """Import `spec` (module name, .py path, or an already imported module); raises ImplementationError.
+
+    With ``isolate``, the module is imported and run only in a worker process (`mlaverify.verify.worker`),
+    each case limited to ``timeout_s`` seconds; call ``close()`` when done. A module object always runs
+    in this process."""
+    if isinstance(spec, ModuleType) or not isolate:
+        from mlaverify.verify.impl_call import InProcess
+
+        if isinstance(spec, ModuleType):
+            module, text = spec, spec.__name__
+        elif isinstance(spec, str) and spec:
+            module, text = import_implementation(spec), spec
+        else:
+            raise ImplementationError(f"implementation: expected a module name or a .py path, got {spec!r}")
+        functions = api_functions(module)
+        if not functions:
+            raise _no_api_error(text)
+        return Implementation(text, module, resolve_capabilities(module, capabilities), module.__name__, functions,
+                              InProcess(module))
+    if not (isinstance(spec, str) and spec):
         raise ImplementationError(f"implementation: expected a module name or a .py path, got {spec!r}")
-    caps = resolve_capabilities(module, capabilities)
-    if not any(not Implementation(text, module, caps).missing_functions(op) for op in OPS):
-        raise ImplementationError(
-            f"implementation {text!r} exposes none of the FlashMLA API functions "
-            f"{sorted({f for fs in OP_FUNCTIONS.values() for f in fs})}")
-    return Implementation(text, module, caps)
+    from mlaverify.verify.worker import Worker
+
+    worker = Worker(spec, timeout_s=timeout_s, threads=threads)
+    try:
+        info = worker.start()
+        if not info["functions"]:
+            raise _no_api_error(spec)
+        caps = resolve_capabilities(None, capabilities, module_name=info["name"], declared=info["declared"])
+    except BaseException:
+        worker.close()
+        raise
+    return Implementation(spec, None, caps, info["name"], frozenset(info["functions"]), worker)

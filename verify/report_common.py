@@ -130,8 +130,8 @@ def _feature_key(feature: str) -> tuple[str, int]:
 
 
 def case_score(c: CaseResult) -> float:
-    """Badness for ranking: failures first, then the largest ulp error of any output."""
-    worst = max((m.max_ulp for m in c.outputs.values() if m.max_ulp is not None and not math.isnan(m.max_ulp)),
+    """Badness for ranking: failures first, then the output closest to its tolerance (error / allowed)."""
+    worst = max((m.tol_ratio for m in c.outputs.values() if m.tol_ratio is not None and not math.isnan(m.tol_ratio)),
                 default=0.0)
     return (1e30 if c.status in ("fail", "error") else 0.0) + worst
 
@@ -157,20 +157,21 @@ def _metrics_row(m: TensorMetrics) -> list[str]:
     return [
         m.name,
         "ok" if m.passed else "FAIL",
+        fmt_num(m.tol_ratio),
         f"{m.mismatches}/{m.numel}",
         str(m.nonfinite_mismatches),
         fmt_num(m.max_abs),
         fmt_num(m.max_rel),
         fmt_num(m.max_ulp),
         fmt_num(m.p99_ulp),
-        fmt_num(m.cos_diff),
+        "n/a" if m.cos_diff is None else fmt_num(m.cos_diff),
         worst,
         f"{fmt_num(m.worst_value, 5)} vs {fmt_num(m.worst_ref, 5)}",
         m.tolerance.describe().replace("allowed ", ""),
     ]
 
 
-_TABLE_HEAD = ["output", "verdict", "mismatches", "nonfinite", "max abs", "max rel", "max ulp", "p99 ulp",
+_TABLE_HEAD = ["output", "verdict", "error/allowed", "mismatches", "nonfinite", "max abs", "max rel", "max ulp", "p99 ulp",
                "cos diff", "worst at", "got vs ref", "tolerance"]
 
 

@@ -94,7 +94,7 @@ def render_html(report: Report, *, replay_files: dict[str, str] | None = None) -
     replay_files = replay_files_of(report, replay_files)
     s = report.summary
     impl = impl_spec(report) or "unknown implementation"
-    verdict = "PASS" if s["passed"] else "FAIL"
+    verdict = report.verdict
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>mla-verify {verdict}: {escape(impl)}</title><style>{_CSS}</style></head><body>",
              f"<h1>mla-verify report: <span class='verdict-{verdict}'>{verdict}</span> — <code>{escape(impl)}</code></h1>",

@@ -24,8 +24,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _verdict(report: Report) -> str:
-    s = report.summary
-    return "PASS" if s["passed"] else "FAIL"
+    return report.verdict
 
 
 def render_markdown(report: Report, *, replay_files: dict[str, str] | None = None) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from mlaverify.verify.cases import Case
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ulp/rel above a floor, cos n/a, tolerance ratios, isolation fields
 TOOL_NAME = "mla-verify"
 STATUSES = ("pass", "fail", "error", "skip")
 
@@ -80,7 +80,8 @@ class Tolerance:
 
 
 _FLOAT_METRICS = ("mismatch_fraction", "max_abs", "max_rel", "cos_diff", "max_ulp", "p99_ulp",
-                  "worst_value", "worst_ref")
+                  "worst_value", "worst_ref", "ref_absmax", "ref_rms", "rel_floor", "elem_ratio", "cos_ratio",
+                  "tol_ratio")
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,20 @@ class TensorMetrics:
     nonfinite_mismatches: int = 0               # NaN / +inf / -inf positions that differ
     mismatch_fraction: float = 0.0
     max_abs: float = 0.0                        # over elements finite in both
-    max_rel: float = 0.0
-    cos_diff: float = 0.0
-    max_ulp: float = 0.0                        # error in bf16 ulps of the reference value
-    p99_ulp: float = 0.0
-    worst_index: tuple[int, ...] | None = None  # worst element (a mismatch if any)
+    max_rel: float | None = None                # over elements with |ref| >= rel_floor (None: no such element)
+    cos_diff: float | None = None               # None: the reference is ~all zero, no direction to compare
+    max_ulp: float | None = None                # error in bf16 ulps of the reference value, |ref| >= rel_floor
+    p99_ulp: float | None = None
+    worst_index: tuple[int, ...] | None = None  # worst element (a mismatch if any, else the largest tol. ratio)
     worst_value: float | None = None
     worst_ref: float | None = None
+    ref_absmax: float = 0.0                     # scale of the reference (finite elements)
+    ref_rms: float = 0.0
+    rel_floor: float = 0.0                      # |ref| below this is ~0: judged by atol, no ulp/rel error
+    floor_excluded: int = 0                     # finite elements below rel_floor
+    elem_ratio: float = 0.0                     # max |a - r| / max(atol, rtol |r|): < 1 passes
+    cos_ratio: float | None = None              # cos_diff / tolerance.cos (None: no bound or no direction)
+    tol_ratio: float = 0.0                      # max(elem_ratio, cos_ratio): how close to failing (inf: NaN/inf)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -218,6 +226,12 @@ class Report:
     created: str = ""                                     # ISO 8601 UTC
     tool: dict[str, str] = field(default_factory=lambda: {"name": TOOL_NAME, "version": tool_version()})
     schema_version: int = SCHEMA_VERSION
+    # The gate's decision when this report was judged by `mlaverify gate` (gate.GateResult.to_dict()), else None.
+    gate: dict[str, Any] | None = None
+    # How the run ended: "complete", "interrupted" (Ctrl-C: the cases done so far), or "aborted" (set-up
+    # failed before any case ran; `fatal` says why).
+    run_status: str = "complete"
+    fatal: str = ""
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -225,7 +239,26 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return bool(self.summary["passed"])
+        """No case failed or errored and the run completed (it may still have verified nothing: see `verified`)."""
+        return bool(self.summary["passed"]) and self.run_status == "complete"
+
+    @property
+    def verified(self) -> bool:
+        """At least one case was executed (not skipped)."""
+        return any(c.status != "skip" for c in self.cases)
+
+    @property
+    def verdict(self) -> str:
+        """"PASS", "FAIL", "NOT VERIFIED" (nothing executed), "INTERRUPTED" or "ABORTED"; the gate's if judged."""
+        if self.gate is not None:
+            return str(self.gate.get("verdict", "FAIL"))
+        if self.run_status == "aborted":
+            return "ABORTED"
+        if not self.summary["passed"]:
+            return "FAIL"
+        if self.run_status == "interrupted":
+            return "INTERRUPTED"
+        return "PASS" if self.verified else "NOT VERIFIED"
 
     def failures(self) -> list[CaseResult]:
         return [c for c in self.cases if c.status in ("fail", "error")]
@@ -240,6 +273,10 @@ class Report:
             "settings": self.settings,
             "cases": [c.to_dict() for c in self.cases],
             "summary": self.summary,
+            "run_status": self.run_status,
+            "fatal": self.fatal,
+            "verdict": self.verdict,
+            "gate": self.gate,
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -253,7 +290,8 @@ class Report:
         known = {f.name for f in fields(cls)}
         return cls(
             cases=[CaseResult.from_dict(c) for c in d.get("cases", [])],
-            **{k: d[k] for k in ("environment", "implementation", "settings", "created", "tool")
+            **{k: d[k] for k in ("environment", "implementation", "settings", "created", "tool", "gate",
+                                 "run_status", "fatal")
                if k in d and k in known},
             schema_version=version,
         )

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from mlaverify.verify.cli import main
-from mlaverify.verify.results import Report
+from mlaverify.verify.results import SCHEMA_VERSION, Report
 
 CLEAN = "mlaverify.verify.planted.clean"
 SMALL = ["--ops", "sparse_prefill", "--models", "v32", "--quiet"]
@@ -40,7 +40,7 @@ def test_check_clean_passes_and_writes_every_format(tmp_path, capsys):
     for name in ("report.json", "report.md", "report.html", "junit.xml"):
         assert (out / name).is_file(), name
     report = Report.from_json((out / "report.json").read_text())
-    assert report.schema_version == 1 and report.passed and report.implementation["spec"] == CLEAN
+    assert report.schema_version == SCHEMA_VERSION and report.passed and report.implementation["spec"] == CLEAN
     assert {c.case.op for c in report.cases} == {"sparse_prefill"}
     ET.parse(out / "junit.xml")
     assert not (out / "replays").exists()

@@ -97,10 +97,42 @@ def test_ulps_of_bfloat16():
 
 def test_metrics_json_round_trip():
     ref = torch.tensor([0.0, 1.0])
-    m = _check(torch.tensor([1.0, 1.0]), ref)  # max_rel is inf (reference 0)
-    assert math.isinf(m.max_rel)
+    m = _check(torch.tensor([1.0, 1.0]), ref)  # the zero reference element has no relative error
+    assert m.max_rel == 0.0 and m.floor_excluded == 1 and m.elem_ratio == pytest.approx(1000.0)
     text = json.dumps(m.to_dict(), allow_nan=False)
     assert TensorMetrics.from_dict(json.loads(text)) == m
+    nan_case = _check(torch.tensor([float("nan"), 1.0]), ref)
+    assert math.isinf(nan_case.tol_ratio)
+    back = TensorMetrics.from_dict(json.loads(json.dumps(nan_case.to_dict(), allow_nan=False)))
+    assert math.isnan(back.worst_value) and math.isinf(back.tol_ratio) and back.mismatches == nan_case.mismatches
+
+
+def test_ulp_and_rel_skip_near_zero_references():
+    """A rounding residue in the reference (1e-38 among values ~1) gets no ulp/rel error: it is judged by atol."""
+    ref = _ref().reshape(-1)
+    ref[5] = 1e-38
+    actual = ref.to(torch.bfloat16).float()
+    actual[5] = 3e-4  # within atol 1e-3, but 3e34 relative
+    m = _check(actual, ref)
+    assert m.passed and m.floor_excluded >= 1  # element 5, and any randn value under the floor
+    assert m.max_ulp <= 0.5 and m.max_rel < 2.0**-8
+    assert m.rel_floor == pytest.approx(2.0**-10 * float(ref.double().pow(2).mean().sqrt()))
+    actual[5] = 2e-3  # past atol: the relative bound does not rescue a near-zero reference
+    assert not _check(actual, ref).passed
+
+
+def test_tolerance_ratio_measures_the_distance_to_failing():
+    ref = torch.full((1000,), 0.5)
+    actual = ref.clone()
+    actual[3] += 0.5 * 2.01 / 128 * 0.5  # half of the relative allowance at 0.5
+    m = _check(actual, ref, Tolerance(1e-3, 2.01 / 128))
+    assert m.passed and m.elem_ratio == pytest.approx(0.5, rel=1e-4) and m.tol_ratio == m.elem_ratio  # float32 input
+    assert m.worst_index == (3,) and m.cos_ratio is None
+    m = _check(actual, ref, Tolerance(1e-3, 2.01 / 128, cos=1e-12))
+    assert not m.passed and m.cos_ratio > 1.0 and m.tol_ratio == m.cos_ratio
+    actual[7] = 0.6
+    m = _check(actual, ref, Tolerance(1e-3, 2.01 / 128))
+    assert not m.passed and m.elem_ratio > 1.0 and m.worst_index == (7,)
 
 
 def test_bits_equal():
@@ -153,5 +185,5 @@ def test_bad_overrides_raise(overrides, match):
 def test_cosine_is_not_judged_against_a_zero_reference():
     ref = torch.zeros(64)
     m = _check(ref + 1e-7, ref, Tolerance(1e-3, 0.0, cos=7e-6))
-    assert m.passed and m.cos_diff == 0.0
+    assert m.passed and m.cos_diff is None and m.cos_ratio is None and "cos diff n/a" in m.message
     assert not _check(ref + 2e-3, ref, Tolerance(1e-3, 0.0, cos=7e-6)).passed  # the element bound still holds

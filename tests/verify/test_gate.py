@@ -69,10 +69,33 @@ def test_cosine_regression_is_reported(baseline):
 
 
 def test_moves_below_the_floor_do_not_fail(baseline):
-    # 0.5 -> 0.9 ulp is a doubling, but below one ulp (the floor): rounding noise, not a regression
+    # 0.3 -> 0.9 ulp triples, but stays within 2x the floor of half an ulp (a correctly rounded output's error)
+    base = _report([_case(1, max_ulp=0.3), _case(2, max_ulp=1.5, cos_diff=2e-6)])
     current = _report([_case(1, max_ulp=0.9), _case(2, max_ulp=1.5, cos_diff=2e-6)])
-    assert METRIC_FLOORS["max_ulp"] == 1.0
-    assert compare_to_baseline(baseline, current).passed
+    assert METRIC_FLOORS["max_ulp"] == 0.5
+    assert compare_to_baseline(base, current).passed
+    # one bf16 ulp more on the worst element (0.5 -> 1.5) is a real drift and fails
+    assert not compare_to_baseline(base, _report([_case(1, max_ulp=1.5), _case(2, max_ulp=1.5, cos_diff=2e-6)])).passed
+
+
+def test_skip_versus_skip_is_not_verified(baseline):
+    skipped = [CaseResult(c.case, "skip", "capabilities claim nothing") for c in baseline.cases]
+    result = compare_to_baseline(_report(skipped), _report(skipped))
+    assert result.compared == 0 and not result.passed and result.verdict == "NOT VERIFIED"
+    assert len(result.unverified) == 2 and "NOT VERIFIED" in result.format()
+    # a skip-only baseline gates nothing: a failing implementation still fails on its own failures
+    bad = _report([baseline.cases[0], _case(2, max_ulp=1.5, cos_diff=2e-6, passed=False)])
+    result = compare_to_baseline(_report(skipped), bad)
+    assert result.verdict == "FAIL" and result.compared == 0 and len(result.newly_run) == 2
+
+
+def test_baseline_of_another_implementation_is_refused(baseline):
+    from mlaverify.verify.gate import GateError, check_comparable
+
+    other = dataclasses.replace(baseline, implementation={"spec": "someone_elses_kernels"})
+    with pytest.raises(GateError, match="someone_elses_kernels.*--allow-impl-change"):
+        check_comparable(baseline, other)
+    check_comparable(baseline, other, allow_impl_change=True)
 
 
 def test_missing_case_fails(baseline):
@@ -113,9 +136,10 @@ def test_nan_metric_is_a_regression(baseline):
     assert not compare_to_baseline(baseline, current).passed
 
 
-def test_factor_below_one_rejected(baseline):
-    with pytest.raises(ValueError, match="factor"):
-        compare_to_baseline(baseline, baseline, factor=0.5)
+@pytest.mark.parametrize("factor", [0.5, math.inf, math.nan, True])
+def test_bad_factor_rejected(baseline, factor):
+    with pytest.raises(ValueError, match="finite number >= 1.0"):
+        compare_to_baseline(baseline, baseline, factor=factor)
 
 
 def test_gate_cli_exit_codes(tmp_path, baseline, capsys):
@@ -164,7 +188,9 @@ def test_end_to_end_within_tolerance_drift_passes_check_but_fails_gate(tmp_path,
     drift = "mlaverify.verify.planted.within_tolerance_drift"
     assert main(["check", "--impl", drift, *small, "--json", str(tmp_path / "drift.json")]) == 0  # within tolerance
     capsys.readouterr()
-    assert main(["gate", "--baseline", str(base), "--impl", drift, "--quiet"]) == 1
+    assert main(["gate", "--baseline", str(base), "--impl", drift, "--quiet"]) == 2  # another implementation
+    assert "--allow-impl-change" in capsys.readouterr().err
+    assert main(["gate", "--baseline", str(base), "--impl", drift, "--quiet", "--allow-impl-change"]) == 1
     out = capsys.readouterr().out
     assert "gate: FAIL" in out and "0 failing, 0 missing" in out
     assert "regressed: sparse_prefill/" in out and "out max ulp 0.5 -> " in out

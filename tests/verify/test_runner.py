@@ -12,7 +12,7 @@ from mlaverify.reference import mha_prefill as ref_mha
 from mlaverify.verify.cases import Case
 from mlaverify.verify.implementations import (FLASH_MLA, FULL, Capabilities, ImplementationError,
                                               load_implementation)
-from mlaverify.verify.results import Report
+from mlaverify.verify.results import SCHEMA_VERSION, Report
 from mlaverify.verify.runner import run_case, run_check, shard_of
 
 PREFILL = Case(op="sparse_prefill", model="v32", s_q=3, h_q=8, s_kv=40, topk=16, sink="finite",
@@ -40,14 +40,21 @@ def run(case: Case, **overrides):
 
 
 @pytest.mark.parametrize("case", SMALL, ids=lambda c: c.op)
-def test_reference_passes_with_all_checks(case):
-    result = run(case)
+def test_reference_passes_with_the_checks_it_claims(case):
+    """The reference's profile claims every check but bit-for-bit batch permutation: its vectorized float32
+    math is not batch invariant by construction on every CPU (a row's SIMD lane changes with its position)."""
+    result = run_case(load_implementation(ref), case, device="cpu")
     assert result.status == "pass", result.reason
     assert set(result.outputs) == ({"out", "lse", "dq", "dk", "dv"} if case.backward else
                                    {"out", "max_logits", "lse"} if case.op == "sparse_prefill" else {"out", "lse"})
-    expected_checks = {"inputs_unmodified", "repeat_bitwise"} | ({"batch_permutation"} if case.b > 1 and
-                                                                  case.op in ("sparse_decode", "dense_decode") else set())
-    assert set(result.checks) == expected_checks and all(c.passed for c in result.checks.values())
+    assert set(result.checks) == {"inputs_unmodified", "repeat_bitwise"}
+    assert all(c.passed for c in result.checks.values())
+
+
+@pytest.mark.parametrize("case", [DECODE, DENSE], ids=lambda c: c.op)
+def test_batch_permutation_is_checked_for_full_profiles(case):
+    result = run(case, MLAVERIFY_CAPABILITIES={"base": "full", "checks": ["batch_permutation"]})
+    assert set(result.checks) == {"batch_permutation"}
 
 
 def _raises(*args, **kwargs):
@@ -184,7 +191,7 @@ def test_run_check_report_and_shards():
     report = run_check(module, cases=SMALL[:3], device="cpu", checks=("inputs_unmodified",))
     assert report.passed and report.summary["pass"] == 3
     data = json.loads(report.to_json())
-    assert data["schema_version"] == 1 and data["tool"]["name"] == "mla-verify"
+    assert data["schema_version"] == SCHEMA_VERSION and data["tool"]["name"] == "mla-verify"
     assert data["implementation"]["profile"] == "full" and data["settings"]["device"] == "cpu"
     assert data["cases"][0]["outputs"]["out"]["tolerance"]["atol"] == 8e-4
     again = Report.from_json(report.to_json())

@@ -38,6 +38,9 @@ class PlantedBug:
     ops: tuple[str, ...]  # the ops whose cases can expose it (selftest runs only these)
     models: tuple[str, ...]  # model ids whose cases can expose it
     overrides: dict[str, Callable] = field(default_factory=dict, compare=False)
+    # Built on the reference, a planted module claims what the reference does ("reference" profile: no
+    # bit-for-bit batch-permutation check); a bug that lives in batch invariance claims the full profile.
+    capabilities: str = "reference"
 
 
 def build_module(bug: PlantedBug) -> types.ModuleType:
@@ -53,6 +56,7 @@ def build_module(bug: PlantedBug) -> types.ModuleType:
     for name, fn in bug.overrides.items():
         setattr(module, name, fn)
     module.PLANTED_BUG = bug.name
+    module.MLAVERIFY_CAPABILITIES = {"base": bug.capabilities, "name": f"planted ({bug.capabilities})"}
     return module
 
 
