@@ -2,6 +2,7 @@
 
     mlaverify check --impl MODULE|path.py [--ops ...] [--models ...] [--profile ci|dev|thorough]
                     [--max-examples N] [--seed N] [--out DIR] [--shard K/N] [--tolerance op.out.atol=X]
+                    [--timeout S] [--in-process] [--allow-skips] [--allow-empty]
     mlaverify report REPORT.json [more.json ...] --format md|html|junit [-o FILE]
     mlaverify gate --baseline reports/NAME.json [--report R.json | --impl MODULE ...] [--max-regression-factor 2]
     mlaverify baseline --impl MODULE -o reports/NAME.json [check options]
@@ -9,10 +10,19 @@
     mlaverify selftest [--bugs NAME ...] [--source explicit|ci]
     mlaverify merge A.json B.json ... -o OUT.json
 
-Exit codes: 0 success (everything passed), 1 a verification failed (a case, the gate, a planted
-bug survived), 2 usage error (bad arguments, unreadable files, an implementation that cannot be
-imported). ``main(argv)`` returns the code and never calls ``sys.exit``; ``main_entry`` does.
-Torch runs one intra-op thread during a command unless OMP_NUM_THREADS is set.
+Exit codes, one meaning each:
+    0    verified: at least one case ran and every case that ran passed (for gate: and no regression)
+    1    verification failed: a case failed or errored, a gate regression, a planted bug survived
+    2    usage or set-up error: a bad option, an unreadable file, an implementation that cannot be
+         imported (or exits, crashes or hangs while being imported), --device cuda without CUDA
+    3    nothing was verified: no case selected, or every case skipped (--allow-empty / --allow-skips
+         make these 0), or a gate that compared no case
+    130  interrupted (Ctrl-C): the report holds the cases done so far
+``main(argv)`` returns the code and never calls ``sys.exit``; ``main_entry`` does. A ``SystemExit``
+raised by the implementation under test never becomes an exit code of its own: in a worker it fails
+its case, in this process it is caught the same way. Building the parser imports no torch, so
+``mlaverify --help`` answers at once; each command imports what it needs. Torch runs one intra-op
+thread during a command unless OMP_NUM_THREADS is set.
 """
 from __future__ import annotations
 
@@ -22,23 +32,21 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from mlaverify.verify import cli_check
-from mlaverify.verify.cases import Case
-from mlaverify.verify.gate import compare_to_baseline
-from mlaverify.verify.implementations import ImplementationError, load_implementation
-from mlaverify.verify.replay import Replay, ReplayError, load_replay, run_replay
-from mlaverify.verify.report_common import ReportError, load_report, merge_reports, write_atomic
-from mlaverify.verify.report_html import render_html
-from mlaverify.verify.report_junit import render_junit
-from mlaverify.verify.report_markdown import render_markdown
+from mlaverify.verify import cli_options
+from mlaverify.verify.gate import GateError
+from mlaverify.verify.implementations import ImplementationError
+from mlaverify.verify.report_common import ReportError
 from mlaverify.verify.results import tool_version
 
-__all__ = ["main", "main_entry", "CliError", "UsageError"]
+__all__ = ["main", "main_entry", "CliError", "UsageError", "EXIT_CODES"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_RENDERERS = {"md": render_markdown, "html": render_html, "junit": render_junit}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {EXIT_OK: "verified", EXIT_FAILED: "verification failed", EXIT_USAGE: "usage or set-up error",
+              EXIT_NOT_VERIFIED: "nothing was verified", EXIT_INTERRUPTED: "interrupted"}
+_FORMATS = ("html", "junit", "md")
+_EPILOG = ("exit codes: 0 verified (at least one case ran, all passed); 1 verification failed; 2 usage or "
+           "set-up error; 3 nothing verified (no case selected, all skipped; see --allow-empty/--allow-skips); "
+           "130 interrupted")
 
 
 class CliError(Exception):
@@ -51,36 +59,54 @@ class UsageError(CliError):
     """Bad arguments or input files."""
 
 
+class _ParserExit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # `--imp` is not `--impl`
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # argparse would sys.exit(2); keep one exit path
         where = self.prog.removeprefix("mlaverify").strip()
         raise UsageError(f"{where}: {message}" if where else message)
 
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # --help / --version
+        if message:
+            sys.stderr.write(message)
+        raise _ParserExit(status)
+
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mlaverify", description="Verify MLA attention kernels (FlashMLA API) against the references.")
+    p = _Parser(prog="mlaverify", description="Verify MLA attention kernels (FlashMLA API) against the references.",
+                epilog=_EPILOG)
     p.add_argument("--version", action="version", version=f"mla-verify {tool_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    check = sub.add_parser("check", help="verify an implementation; write the JSON report (and more with --out)")
-    cli_check.add_check_options(check)
-    check.add_argument("--json", default=None, metavar="FILE",
-                       help=f"JSON report path without --out (default {cli_check.DEFAULT_JSON})")
+    check = sub.add_parser("check", help="verify an implementation; write the JSON report (and more with --out)",
+                           epilog=_EPILOG)
+    cli_options.add_check_options(check)
 
     report = sub.add_parser("report", help="render JSON report(s) (merged if several) as md, html or junit")
     report.add_argument("reports", nargs="+", metavar="REPORT.json")
-    report.add_argument("--format", choices=sorted(_RENDERERS), required=True)
+    report.add_argument("--format", choices=_FORMATS, required=True)
     report.add_argument("-o", "--output", default=None, metavar="FILE", help="default: standard output")
 
-    gate = sub.add_parser("gate", help="fail on failures, missing cases or metric regressions vs a baseline")
+    gate = sub.add_parser("gate", help="fail on failures, missing cases or metric regressions vs a baseline",
+                          epilog=_EPILOG)
     gate.add_argument("--baseline", required=True, metavar="BASELINE.json")
     gate.add_argument("--report", default=None, metavar="REPORT.json", help="judge this report instead of running")
     gate.add_argument("--max-regression-factor", type=float, default=2.0, metavar="F",
-                      help="a metric may grow at most this factor over the baseline (default 2.0)")
-    cli_check.add_check_options(gate, impl_required=False)
+                      help="a metric may grow at most this factor over the baseline (default 2.0; finite, >= 1)")
+    gate.add_argument("--allow-impl-change", action="store_true",
+                      help="gate an implementation against a baseline recorded for another one")
+    cli_options.add_check_options(gate, impl_required=False)
 
-    base = sub.add_parser("baseline", help="run a check and write it as the baseline the gate compares against")
-    cli_check.add_check_options(base)
+    base = sub.add_parser("baseline", help="run a check and write it as the baseline the gate compares against",
+                          epilog=_EPILOG)
+    cli_options.add_check_options(base)
     base.add_argument("-o", "--output", required=True, metavar="BASELINE.json")
     base.add_argument("--allow-failures", action="store_true", help="write the baseline even if cases fail")
 
@@ -90,6 +116,8 @@ def _build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--capabilities", default=None)
     replay.add_argument("--device", default=None)
     replay.add_argument("--worst", type=int, default=5, metavar="N", help="worst elements shown per output")
+    replay.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="limit of the case")
+    replay.add_argument("--in-process", action="store_true", help="run the implementation in this process")
 
     selftest = sub.add_parser("selftest", help="run the engine against planted bugs and the clean reference")
     selftest.add_argument("--bugs", nargs="+", default=None, metavar="NAME")
@@ -103,26 +131,32 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ---- commands (each imports what it needs) ----------------------------------------------------
 def _check(args, out, err) -> int:
-    impl = cli_check.load_impl(args)
-    result = cli_check.execute_check(args, impl, err=err)
-    _finish_check(args, impl, result, json_path=args.json)
-    cli_check.print_summary(result, out)
-    return EXIT_OK if result.report.passed else EXIT_FAILED
+    from mlaverify.verify.cli_check import check_command
+
+    return check_command(args, out, err)
 
 
-def _finish_check(args, impl, result, json_path=None) -> None:
-    if result.report.failures():
-        replays = Path(args.out) / "replays" if args.out else Path(cli_check.DEFAULT_REPLAYS)
-        cli_check.write_replays(result, impl, replays, shrink=not args.no_shrink, device=args.device,
-                                budget_s=args.shrink_budget)
-    cli_check.write_reports(result, args.out, json_path)
+def _gate(args, out, err) -> int:
+    from mlaverify.verify.cli_check import gate_command
+
+    return gate_command(args, out, err)
+
+
+def _baseline(args, out, err) -> int:
+    from mlaverify.verify.cli_check import baseline_command
+
+    return baseline_command(args, out, err)
 
 
 def _report(args, out, err) -> int:
+    from mlaverify.verify.report_common import load_report, merge_reports, write_atomic
+
+    renderer = _renderer(args.format)
     report = merge_reports([load_report(p) for p in args.reports]) if len(args.reports) > 1 \
         else load_report(args.reports[0])
-    text = _RENDERERS[args.format](report)
+    text = renderer(report)
     if args.output:
         print(f"wrote {write_atomic(args.output, text)}", file=out)
     else:
@@ -130,38 +164,24 @@ def _report(args, out, err) -> int:
     return EXIT_OK
 
 
-def _gate(args, out, err) -> int:
-    if (args.report is None) == (args.impl is None):
-        raise UsageError("gate: give exactly one of --report REPORT.json or --impl MODULE")
-    if not args.max_regression_factor >= 1.0:  # checked before a long run, not after it
-        raise UsageError(f"--max-regression-factor: expected a number >= 1.0, got {args.max_regression_factor}")
-    baseline = load_report(args.baseline)
-    if args.report is not None:
-        current = load_report(args.report)
-    else:
-        impl = cli_check.load_impl(args)
-        result = cli_check.execute_check(args, impl, settings=baseline.settings, err=err)
-        if args.out:  # the gate writes the run's reports only when asked where
-            _finish_check(args, impl, result)
-        cli_check.print_summary(result, out)
-        current = result.report
-    verdict = compare_to_baseline(baseline, current, args.max_regression_factor)
-    print(verdict.format(baseline_name=args.baseline), file=out)
-    return EXIT_OK if verdict.passed else EXIT_FAILED
-
-
-def _baseline(args, out, err) -> int:
-    impl = cli_check.load_impl(args)
-    result = cli_check.execute_check(args, impl, err=err)
-    cli_check.print_summary(result, out)
-    if not result.report.passed and not args.allow_failures:
-        print("baseline: not written: cases fail (fix them, or pass --allow-failures to record them)", file=out)
-        return EXIT_FAILED
-    print(f"wrote baseline {write_atomic(args.output, result.report.to_json())}", file=out)
-    return EXIT_OK
+def _renderer(fmt: str):
+    if fmt == "md":
+        from mlaverify.verify.report_markdown import render_markdown
+        return render_markdown
+    if fmt == "html":
+        from mlaverify.verify.report_html import render_html
+        return render_html
+    from mlaverify.verify.report_junit import render_junit
+    return render_junit
 
 
 def _replay(args, out, err) -> int:
+    from mlaverify.verify.cases import Case
+    from mlaverify.verify.cli_options import default_timeout
+    from mlaverify.verify.implementations import load_implementation
+    from mlaverify.verify.replay import Replay, load_replay, run_replay
+    from mlaverify.verify.runner import default_device
+
     target = Path(args.target)
     if target.is_file():
         replay = load_replay(target)
@@ -175,10 +195,17 @@ def _replay(args, out, err) -> int:
     spec = args.impl or replay.implementation
     if not spec:
         raise UsageError("replay: the file names no implementation; pass --impl MODULE")
-    impl = load_implementation(spec, args.capabilities)
-    result, text = run_replay(impl, replay, args.device, args.worst)
+    device = args.device or default_device()
+    timeout = args.timeout if args.timeout is not None else default_timeout(device.split(":")[0])
+    impl = load_implementation(spec, args.capabilities, isolate=not args.in_process, timeout_s=timeout)
+    try:
+        result, text = run_replay(impl, replay, device, args.worst)
+    finally:
+        impl.close()
     print(text, file=out)
-    return EXIT_OK if result.status in ("pass", "skip") else EXIT_FAILED
+    if result.status == "pass":
+        return EXIT_OK
+    return EXIT_NOT_VERIFIED if result.status == "skip" else EXIT_FAILED
 
 
 def _selftest(args, out, err) -> int:
@@ -193,6 +220,8 @@ def _selftest(args, out, err) -> int:
 
 
 def _merge(args, out, err) -> int:
+    from mlaverify.verify.report_common import load_report, merge_reports, write_atomic
+
     merged = merge_reports([load_report(p) for p in args.reports])
     path = write_atomic(args.output, merged.to_json())
     s = merged.summary
@@ -203,6 +232,7 @@ def _merge(args, out, err) -> int:
 
 _COMMANDS = {"check": _check, "report": _report, "gate": _gate, "baseline": _baseline, "replay": _replay,
              "selftest": _selftest, "merge": _merge}
+_TORCH_COMMANDS = {"check", "gate", "baseline", "replay", "selftest"}
 
 
 def _torch_threads() -> int | None:
@@ -214,23 +244,40 @@ def _torch_threads() -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit code."""
     out, err = sys.stdout, sys.stderr
-    previous = torch.get_num_threads()
     try:
         args = _build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-        if _torch_threads() is not None:
+    except _ParserExit as exc:
+        return exc.code
+    except UsageError as exc:
+        print(f"mlaverify: error: {exc}", file=err)
+        return EXIT_USAGE
+    previous = None
+    try:
+        if args.command in _TORCH_COMMANDS and _torch_threads() is not None:
+            import torch
+
+            previous = torch.get_num_threads()
             torch.set_num_threads(_torch_threads())
         return _COMMANDS[args.command](args, out, err)
-    except SystemExit as exc:  # --help / --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except (CliError, ImplementationError, ReportError, ReplayError) as exc:
+    except (CliError, ImplementationError, ReportError, GateError, cli_options.OptionError) as exc:  # ReplayError too
         code = exc.exit_code if isinstance(exc, CliError) else EXIT_USAGE
         print(f"mlaverify: error: {exc}", file=err)
         return code
     except ValueError as exc:  # bad option values the engine rejects (ops, models, tolerances, shard)
         print(f"mlaverify: error: {exc}", file=err)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mlaverify: interrupted", file=err)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # the implementation under test, outside any call the engine guards
+        print(f"mlaverify: error: the implementation called sys.exit({exc.code!r}) outside a case; "
+              "nothing it did counts as verified", file=err)
+        return EXIT_FAILED
     finally:
-        torch.set_num_threads(previous)  # main() called from Python leaves the process as it found it
+        if previous is not None:
+            import torch
+
+            torch.set_num_threads(previous)  # main() called from Python leaves the process as it found it
 
 
 def main_entry() -> None:

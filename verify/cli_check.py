@@ -1,12 +1,21 @@
-"""The work behind ``mlaverify check`` (also used by ``gate --impl`` and ``baseline``).
+"""The work behind ``mlaverify check``, ``gate`` and ``baseline``.
 
-Runs the engine with a progress display, shrinks and writes replay files for failures, prints
-the per-op/per-model summary and each failure's discrepancy table with a replay command, and
-writes the reports (JSON always, atomically; Markdown, HTML and JUnit with an output folder).
+Each command checks its options before a case runs, loads the implementation (in a worker process
+unless ``--in-process``), runs the engine with a progress display, writes the run's report (JSON
+always, atomically; Markdown, HTML and JUnit with ``--out``) before shrinking failures, shrinks and
+writes replay files with progress, rewrites the reports with the replay paths, and prints the
+per-op/per-model summary and each failure's discrepancy table with a replay command.
+
+Exit codes (see `mlaverify.verify.cli`): 0 verified, 1 failed, 2 usage or set-up error, 3 nothing
+verified, 130 interrupted. A fault of the implementation at import (an exception, sys.exit, a
+crash) ends with 2 and a report whose ``fatal`` says what happened; a fault during a case fails
+that case.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,26 +23,26 @@ from typing import TextIO
 
 import torch
 
-from mlaverify.verify.implementations import Implementation, load_implementation
-from mlaverify.verify.presets import PRESETS, preset_cases
+from mlaverify.verify.cli_options import DEFAULT_JSON, DEFAULT_REPLAYS, parse_shard, split_list, validate_run_options
+from mlaverify.verify.gate import GateError, check_comparable, check_factor, compare_to_baseline
+from mlaverify.verify.implementations import Implementation, ImplementationError, load_implementation
+from mlaverify.verify.presets import preset_cases
 from mlaverify.verify.progress import Progress
 from mlaverify.verify.replay import shrink_case, write_replay
 from mlaverify.verify.report_common import (
-    discrepancy_table, group_by_op_model, replay_command, text_table, write_atomic,
+    discrepancy_table, group_by_op_model, load_report, replay_command, text_table, write_atomic,
 )
 from mlaverify.verify.report_html import render_html
 from mlaverify.verify.report_junit import render_junit
 from mlaverify.verify.report_markdown import render_markdown
 from mlaverify.verify.results import STATUSES, Report
-from mlaverify.verify.runner import default_device, run_check
+from mlaverify.verify.runner import default_device, environment, run_check
 from mlaverify.verify.tolerances import apply_overrides, load_tolerances, parse_override
 
-__all__ = ["CheckOutput", "add_check_options", "execute_check", "write_reports", "print_summary"]
+__all__ = ["CheckOutput", "check_command", "gate_command", "baseline_command", "exit_code", "print_summary"]
 
-DEFAULT_JSON = "mlaverify-report.json"      # where check writes its JSON report without --out
-DEFAULT_REPLAYS = "mlaverify-replays"       # where failing cases go without --out
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_VERIFIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MAX_SHRINK = 5                              # failures shrunk per run (the rest are written as found)
-SHRINK_BUDGET_S = 120.0                     # total seconds spent shrinking per run
 
 
 @dataclass
@@ -43,54 +52,10 @@ class CheckOutput:
     written: list[Path] = field(default_factory=list)
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [v for item in values for v in item.split(",") if v]
-
-
-def add_check_options(p: argparse.ArgumentParser, impl_required: bool = True) -> None:
-    p.add_argument("--impl", required=impl_required, metavar="MODULE|path.py",
-                   help="module name or .py file exposing the FlashMLA API (e.g. mlaverify.kernels, flash_mla)")
-    p.add_argument("--ops", nargs="+", metavar="OP", help="ops to verify (default: all the implementation has)")
-    p.add_argument("--models", nargs="+", metavar="MODEL", help="models (v32, model1, d192, d128; default: all)")
-    p.add_argument("--profile", choices=("ci", "dev", "thorough"), default=None,
-                   help="case-drawing profile (default ci: deterministic)")
-    p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                   help="drawn cases per op and model (the fixed corner cases of each op and model come on top)")
-    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the case draws (default 0)")
-    p.add_argument("--preset", action="append", default=[], metavar="NAME",
-                   help="run a named production configuration instead of drawn cases (repeatable): "
-                        + ", ".join(PRESETS))
-    p.add_argument("--preset-size", choices=("full", "cpu"), default=None,
-                   help="full: production sizes (for GPUs); cpu: same structure, scaled down "
-                        "(default: cpu on a CPU device, full otherwise)")
-    p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (1-based), then `merge`")
-    p.add_argument("--tolerance", action="append", default=[], metavar="OP.OUTPUT.FIELD=VALUE",
-                   help="override one tolerance, e.g. sparse_decode.out.atol=2e-3 (repeatable)")
-    p.add_argument("--capabilities", default=None, metavar="PROFILE",
-                   help="capability profile: full or flash_mla (default: the module's own or by name)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="write report.json, report.md, report.html, junit.xml and replays/ into DIR")
-    p.add_argument("--no-shrink", action="store_true", help="write failing cases as found, without shrinking")
-    p.add_argument("--shrink-budget", type=float, default=SHRINK_BUDGET_S, metavar="SECONDS",
-                   help=f"total time spent shrinking failures (default {SHRINK_BUDGET_S:g})")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'K/N' (1-based, as users count) -> the engine's (K - 1, N)."""
-    if text is None:
-        return None
-    parts = text.split("/")
-    try:
-        k, n = (int(x) for x in parts)
-    except ValueError:
-        raise ValueError(f"--shard: expected K/N such as 2/4, got {text!r}") from None
-    if n < 1 or not 1 <= k <= n:
-        raise ValueError(f"--shard: expected 1 <= K <= N, got {text!r}")
-    return k - 1, n
+# ---- loading and running ----------------------------------------------------------------------
+def load_impl(args: argparse.Namespace, spec: str | None = None) -> Implementation:
+    return load_implementation(spec or args.impl, args.capabilities, isolate=not args.in_process,
+                               timeout_s=args.timeout, threads=torch.get_num_threads())
 
 
 def _progress_callback(quiet: bool, stream: TextIO):
@@ -112,8 +77,8 @@ def execute_check(args: argparse.Namespace, impl: Implementation, settings: dict
     """Run the check described by ``args`` (missing ones taken from ``settings``, e.g. a baseline's)."""
     settings = settings or {}
     overrides = dict(parse_override(t) for t in args.tolerance)
-    ops = _split(args.ops) or settings.get("ops")
-    models = _split(args.models) or settings.get("models")
+    ops = split_list(args.ops) or settings.get("ops")
+    models = split_list(args.models) or settings.get("models")
     profile = args.profile or settings.get("profile") or "ci"
     max_examples = args.max_examples if args.max_examples is not None else settings.get("max_examples")
     seed = args.seed if args.seed is not None else settings.get("seed", 0)
@@ -133,15 +98,32 @@ def execute_check(args: argparse.Namespace, impl: Implementation, settings: dict
     return CheckOutput(report)
 
 
+def aborted_report(args: argparse.Namespace, why: str) -> Report:
+    """The report of a run that ended before any case: who, where and why."""
+    device = torch.device(args.device or default_device())
+    return Report(cases=[], environment=environment(device),
+                  implementation={"spec": args.impl}, run_status="aborted", fatal=why,
+                  settings={"device": str(device), "isolation": "in-process" if args.in_process else "subprocess"},
+                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+# ---- writing ----------------------------------------------------------------------------------
 def write_replays(out: CheckOutput, impl: Implementation, directory: Path, shrink: bool, device,
-                  budget_s: float = SHRINK_BUDGET_S) -> None:
+                  budget_s: float, err: TextIO | None = None) -> None:
     """One replay file per failing case; the first MAX_SHRINK failures shrunk within ``budget_s``."""
     deadline = time.monotonic() + budget_s
     # shrink under the tolerances the run used (command-line overrides included)
     tolerances = apply_overrides(load_tolerances(use_pyproject=False), out.report.settings.get("tolerances"))
-    for i, failed in enumerate(out.report.failures()):
+    failures = out.report.failures()
+    to_shrink = min(MAX_SHRINK, sum(f.status == "fail" for f in failures)) if shrink else 0
+    shrunk = 0
+    for failed in failures:
         result, shrunk_from = failed, None
-        if shrink and failed.status == "fail" and i < MAX_SHRINK and time.monotonic() < deadline:
+        if shrink and failed.status == "fail" and shrunk < MAX_SHRINK and time.monotonic() < deadline:
+            shrunk += 1
+            if err is not None:
+                print(f"shrinking failure {shrunk}/{to_shrink}: {failed.id} "
+                      f"(at most {min(60.0, deadline - time.monotonic()):.0f} s)", file=err, flush=True)
             result = shrink_case(impl, failed, tolerances, device,
                                  time_limit_s=min(60.0, deadline - time.monotonic()))
             shrunk_from = failed.id if result.id != failed.id else None
@@ -151,8 +133,15 @@ def write_replays(out: CheckOutput, impl: Implementation, directory: Path, shrin
     out.report.settings["replay_files"] = dict(out.replay_files)  # reports rendered later still point at them
 
 
+def _clear_replays(directory: Path) -> None:
+    """An --out folder's replays/ from an older run must not mix with this run's."""
+    if directory.is_dir():
+        shutil.rmtree(directory)
+
+
 def write_reports(out: CheckOutput, out_dir: str | None, json_path: str | None = None) -> None:
     report = out.report
+    out.written = [p for p in out.written if p.suffix == ".json" and p.parent.name == "replays"]
     if out_dir is None:
         out.written.append(write_atomic(json_path or DEFAULT_JSON, report.to_json()))
         return
@@ -163,13 +152,55 @@ def write_reports(out: CheckOutput, out_dir: str | None, json_path: str | None =
     out.written.append(write_atomic(d / "junit.xml", render_junit(report, replay_files=out.replay_files)))
 
 
+def _finish(args, impl: Implementation, result: CheckOutput, err: TextIO) -> None:
+    """Reports first (so an interrupted shrink still leaves them), then replays, then the reports again."""
+    replays = Path(args.out) / "replays" if args.out else Path(DEFAULT_REPLAYS)
+    if args.out:
+        _clear_replays(replays)
+    write_reports(result, args.out, args.json)
+    if result.report.failures() and result.report.run_status == "complete":
+        try:
+            write_replays(result, impl, replays, shrink=not args.no_shrink, device=args.device,
+                          budget_s=args.shrink_budget, err=None if args.quiet else err)
+        except KeyboardInterrupt:
+            result.report.run_status = "interrupted"
+        write_reports(result, args.out, args.json)
+
+
+# ---- verdicts ---------------------------------------------------------------------------------
+def exit_code(report: Report, allow_skips: bool = False, allow_empty: bool = False) -> int:
+    if report.run_status == "interrupted":
+        return EXIT_INTERRUPTED
+    if not report.summary["passed"]:
+        return EXIT_FAILED
+    if report.settings.get("selected", len(report.cases)) == 0:
+        return EXIT_OK if allow_empty else EXIT_NOT_VERIFIED
+    if not report.verified:
+        return EXIT_OK if allow_skips else EXIT_NOT_VERIFIED
+    return EXIT_OK
+
+
+def _not_verified_line(report: Report) -> str:
+    if report.settings.get("selected", len(report.cases)) == 0:
+        return ("NOT VERIFIED: no case was selected (the ops, models, presets and shard chosen select nothing); "
+                "pass --allow-empty if that is expected")
+    reasons: dict[str, int] = {}
+    for c in report.cases:
+        reasons[c.reason] = reasons.get(c.reason, 0) + 1
+    top = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    return (f"NOT VERIFIED: all {len(report.cases)} selected cases were skipped ({top}); "
+            "pass --allow-skips if that is expected")
+
+
 def print_summary(out: CheckOutput, stream: TextIO, max_failures: int = 20) -> None:
     report = out.report
     impl = report.implementation.get("spec")
     rows = [[key, *(str(sum(c.status == st for c in cases)) for st in STATUSES),
-             "FAIL" if any(c.status in ("fail", "error") for c in cases) else "ok"]
+             "FAIL" if any(c.status in ("fail", "error") for c in cases) else
+             ("skipped" if all(c.status == "skip" for c in cases) else "ok")]
             for key, cases in group_by_op_model(report.cases).items()]
-    print(text_table(["op/model", *STATUSES, "verdict"], rows, indent=""), file=stream)
+    if rows:
+        print(text_table(["op/model", *STATUSES, "verdict"], rows, indent=""), file=stream)
     failures = report.failures()
     for c in failures[:max_failures]:
         print(f"\n{c.status.upper()} {c.id}\n  {c.reason}", file=stream)
@@ -178,11 +209,107 @@ def print_summary(out: CheckOutput, stream: TextIO, max_failures: int = 20) -> N
     if len(failures) > max_failures:
         print(f"\n... {len(failures) - max_failures} more failures in the report", file=stream)
     s = report.summary
-    print(f"\n{'PASS' if s['passed'] else 'FAIL'}: {s['pass']} passed, {s['fail']} failed, {s['error']} errors, "
-          f"{s['skip']} skipped of {s['total']} cases ({impl})", file=stream)
+    counts = (f"{s['pass']} passed, {s['fail']} failed, {s['error']} errors, {s['skip']} skipped of "
+              f"{s['total']} cases ({impl}, {report.settings.get('isolation', 'in-process')})")
+    verdict = report.verdict if report.gate is None else ("FAIL" if not s["passed"] else "PASS")
+    if report.run_status == "interrupted":
+        print(f"\nINTERRUPTED after {s['total']} of {report.settings.get('selected', '?')} cases: {counts}", file=stream)
+    elif verdict == "NOT VERIFIED":
+        print(f"\n{_not_verified_line(report)}", file=stream)
+    else:
+        print(f"\n{verdict}: {counts}", file=stream)
     for path in out.written:
         print(f"wrote {path}", file=stream)
 
 
-def load_impl(args: argparse.Namespace, spec: str | None = None) -> Implementation:
-    return load_implementation(spec or args.impl, args.capabilities)
+# ---- the commands -----------------------------------------------------------------------------
+def _load_or_abort(args, out: TextIO) -> Implementation:
+    """The implementation, or (ImplementationError) the aborted run's report written and re-raised."""
+    try:
+        return load_impl(args)
+    except ImplementationError as exc:
+        aborted = CheckOutput(aborted_report(args, str(exc)))
+        write_reports(aborted, args.out, args.json)
+        for path in aborted.written:
+            print(f"wrote {path} (run aborted: {exc})", file=out)
+        raise
+
+
+def check_command(args, out: TextIO, err: TextIO) -> int:
+    validate_run_options(args)
+    impl = _load_or_abort(args, out)
+    try:
+        result = execute_check(args, impl, err=err)
+        _finish(args, impl, result, err)
+    finally:
+        impl.close()
+    print_summary(result, out)
+    return exit_code(result.report, args.allow_skips, args.allow_empty)
+
+
+def gate_command(args, out: TextIO, err: TextIO) -> int:
+    if (args.report is None) == (args.impl is None):
+        raise GateError("gate: give exactly one of --report REPORT.json or --impl MODULE")
+    try:  # checked before a long run, not after it
+        check_factor(args.max_regression_factor)
+    except ValueError as exc:
+        raise GateError(f"--max-regression-factor: {exc}") from None
+    baseline = load_report(args.baseline)
+    if not baseline.cases:
+        raise GateError(f"gate: the baseline {args.baseline} holds no case: it cannot verify anything")
+    if args.report is not None:
+        result = CheckOutput(load_report(args.report))
+        check_comparable(baseline, result.report, args.allow_impl_change)
+        verdict = compare_to_baseline(baseline, result.report, args.max_regression_factor, args.baseline)
+        if args.out:
+            result.report.gate = verdict.to_dict()
+            write_reports(result, args.out)
+            for path in result.written:
+                print(f"wrote {path}", file=out)
+    else:
+        validate_run_options(args)
+        if baseline.implementation.get("spec") != args.impl and not args.allow_impl_change:
+            raise GateError(f"gate: the baseline verifies implementation {baseline.implementation.get('spec')!r} "
+                            f"but --impl is {args.impl!r}; gate an implementation against its own baseline, or "
+                            "pass --allow-impl-change")
+        impl = _load_or_abort(args, out)
+        try:
+            result = execute_check(args, impl, settings=baseline.settings, err=err)
+            verdict = compare_to_baseline(baseline, result.report, args.max_regression_factor, args.baseline)
+            result.report.gate = verdict.to_dict()  # the reports say what the gate decided, not only the run
+            _finish(args, impl, result, err)
+        finally:
+            impl.close()
+        print_summary(result, out)
+    print(verdict.format(), file=out)
+    if result.report.run_status == "interrupted":
+        return EXIT_INTERRUPTED
+    if verdict.verdict == "FAIL":
+        return EXIT_FAILED
+    if verdict.verdict == "NOT VERIFIED":
+        return EXIT_OK if args.allow_skips else EXIT_NOT_VERIFIED
+    return EXIT_OK
+
+
+def baseline_command(args, out: TextIO, err: TextIO) -> int:
+    validate_run_options(args)
+    impl = _load_or_abort(args, out)
+    try:
+        result = execute_check(args, impl, err=err)
+        _finish(args, impl, result, err)
+    finally:
+        impl.close()
+    print_summary(result, out)
+    report = result.report
+    code = exit_code(report, allow_skips=False, allow_empty=False)
+    if code == EXIT_INTERRUPTED:
+        print("baseline: not written: the run was interrupted", file=out)
+        return code
+    if not report.verified:
+        print("baseline: not written: no case was executed, so it could gate nothing", file=out)
+        return EXIT_NOT_VERIFIED
+    if not report.passed and not args.allow_failures:
+        print("baseline: not written: cases fail (fix them, or pass --allow-failures to record them)", file=out)
+        return EXIT_FAILED
+    print(f"wrote baseline {write_atomic(args.output, report.to_json())}", file=out)
+    return EXIT_OK

@@ -30,7 +30,7 @@ from mlaverify.verify.implementations import Implementation
 from mlaverify.verify.materialize import materialize
 from mlaverify.verify.ops import ADAPTERS
 from mlaverify.verify.replay_locate import locate, worst_elements
-from mlaverify.verify.report_common import discrepancy_table, fmt_num, write_atomic
+from mlaverify.verify.report_common import ReportError, discrepancy_table, fmt_num, write_atomic
 from mlaverify.verify.results import CaseResult, Tolerance, tool_version
 from mlaverify.verify.runner import default_device, run_case
 from mlaverify.verify.tolerances import ToleranceTable, apply_overrides, load_tolerances
@@ -42,7 +42,7 @@ REPLAY_KIND = "mla-verify-replay"
 REPLAY_SCHEMA = 1
 
 
-class ReplayError(Exception):
+class ReplayError(ReportError):
     """A replay file cannot be read; the message is for the user."""
 
 
@@ -188,15 +188,16 @@ def _worst_lines(impl: Implementation, case: Case, failing: list[str], device, n
     try:
         inputs = materialize(case, device)
         reference = adapter.reference(inputs)
-        got = adapter.unpack(adapter.call(impl.module, inputs), inputs)
     except Exception as exc:  # the discrepancy table already says what failed; this is extra detail
         return [f"  (worst elements unavailable: {type(exc).__name__}: {exc})"]
-    if isinstance(got, str):
-        return [f"  (worst elements unavailable: {got})"]
+    run = impl.run(case, device, ())  # where the implementation lives: this process or its worker
+    if run.outputs is None:
+        return [f"  (worst elements unavailable: {run.reason or run.engine_error})"]
+    got = run.outputs
     lines = []
     for name in failing:
         actual, ref = got.get(name), reference.get(name)
-        if not isinstance(actual, torch.Tensor) or actual.shape != ref.shape:
+        if not isinstance(actual, torch.Tensor) or actual.shape != ref.shape:  # outputs come back on the CPU
             continue
         lines.append(f"  worst elements of {name}:")
         for e in worst_elements(actual, ref, n):

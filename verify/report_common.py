@@ -63,11 +63,16 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+# Settings that make shards parts of one run; reports that differ in any of them are not merged.
+_SAME_IN_EVERY_SHARD = ("profile", "seed", "max_examples", "tolerances", "ops", "models", "presets", "preset_size",
+                        "corners")
+
+
 def merge_reports(reports: Sequence[Report]) -> Report:
     """One report holding every case of ``reports`` (shards of one run, or runs of one implementation).
 
-    Cases are ordered by id; a case id present twice is an error (the same shard merged twice),
-    as is mixing implementations.
+    Cases are ordered by id; a case id present twice is an error (the same shard merged twice), as is
+    mixing implementations or runs with different settings (profile, seed, tolerances, selection).
     """
     if not reports:
         raise ReportError("merge: expected at least one report, got none")
@@ -75,6 +80,12 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     if len(specs) > 1:
         raise ReportError(f"merge: the reports verify different implementations ({', '.join(specs)}); "
                           "merge the reports of one implementation at a time")
+    for key in _SAME_IN_EVERY_SHARD:
+        values = [r.settings.get(key) for r in reports]
+        if any(v != values[0] for v in values[1:]):
+            shown = ", ".join(f"report {i + 1}: {v!r}" for i, v in enumerate(values))
+            raise ReportError(f"merge: the reports were run with different {key} ({shown}); shards of one run "
+                              "share the profile, seed, tolerances and case selection")
     seen: dict[str, int] = {}
     cases: list[CaseResult] = []
     for i, report in enumerate(reports):
@@ -95,8 +106,10 @@ def merge_reports(reports: Sequence[Report]) -> Report:
     for r in reports:
         replay_files.update(r.settings.get("replay_files") or {})
     settings["replay_files"] = replay_files
+    settings["selected"] = sum(int(r.settings.get("selected", len(r.cases))) for r in reports)
+    run_status = next((r.run_status for r in reports if r.run_status != "complete"), "complete")
     return Report(cases=cases, environment=dict(first.environment), implementation=dict(first.implementation),
-                  settings=settings, created=max(r.created for r in reports))
+                  settings=settings, created=max(r.created for r in reports), run_status=run_status)
 
 
 def group_by_op_model(cases: Iterable[CaseResult]) -> dict[str, list[CaseResult]]:

@@ -129,7 +129,7 @@ def run_selftest(bugs: Sequence[str] | None = None, source: str = "explicit", de
     tolerances = load_tolerances(use_pyproject=False)  # the spec's table: a project override must not blunt it
     cases = selftest_cases(source)
     result = SelftestResult()
-    clean = load_implementation(planted.module_for("clean"), "full")
+    clean = load_implementation(planted.module_for("clean"))  # its own profile: "reference"
     for case in cases:
         outcome = run_case(clean, case, tolerances, device)
         result.clean_cases += 1
@@ -139,7 +139,7 @@ def run_selftest(bugs: Sequence[str] | None = None, source: str = "explicit", de
         on_progress(f"clean reference: {result.clean_cases - len(result.clean_failures)}/{result.clean_cases} pass")
     for name in names:
         bug = planted.get(name)
-        impl = load_implementation(planted.module_for(name), "full")
+        impl = load_implementation(planted.module_for(name))
         outcome = BugOutcome(bug.name, bug.description, bug.ops)
         t0 = time.perf_counter()
         for case in cases:

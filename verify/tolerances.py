@@ -19,6 +19,7 @@ ValueError naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,9 +56,12 @@ def parse_override(text: str) -> tuple[str, float | None]:
     if value.lower() == "none":
         return key.strip(), None
     try:
-        return key.strip(), float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(f"tolerance override {key!r}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"tolerance override {key!r}: expected a finite number, got {value!r}")
+    return key.strip(), number
 
 
 def _nest(overrides: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -92,8 +96,9 @@ def apply_overrides(table: ToleranceTable, overrides: Mapping[str, Any] | None) 
                 if value is None and name != "cos":
                     raise ValueError(f"tolerances.{op}.{out}.{name}: expected a number, got None")
                 if value is not None:
-                    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                        raise ValueError(f"tolerances.{op}.{out}.{name}: expected a number >= 0, got {value!r}")
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                            math.isfinite(value) and value >= 0):
+                        raise ValueError(f"tolerances.{op}.{out}.{name}: expected a finite number >= 0, got {value!r}")
                     value = float(value)
                 changes[name] = value
             result[op][out] = dataclasses.replace(result[op][out], **changes)

@@ -19,6 +19,7 @@ run, kills the worker and writes the report of the cases done so far).
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -36,6 +37,16 @@ __all__ = ["Worker", "describe_exit", "IMPORT_TIMEOUT_S"]
 IMPORT_TIMEOUT_S = 600.0   # importing an implementation may build kernels; a hung import still ends
 _POLL_S = 0.5              # how often a waiting engine looks at whether the worker is still alive
 _EOF = ("eof", None)       # _receive: the worker is gone
+
+
+def _send(conn: Connection, message: object) -> None:
+    """Plain pickle over the socket: multiprocessing's own pickler would share tensors through file
+    descriptors and an authentication key the two processes do not share."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> object:
+    return pickle.loads(conn.recv_bytes())
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -63,19 +74,19 @@ def _serve(conn, spec: str, threads: int | None) -> None:
     try:
         module = import_implementation(spec)
     except ImplementationError as exc:
-        conn.send(("import_error", str(exc)))
+        _send(conn, ("import_error", str(exc)))
         return
     declared = getattr(module, "MLAVERIFY_CAPABILITIES", None)
     try:
-        conn.send(("loaded", {"name": module.__name__, "functions": sorted(api_functions(module)),
+        _send(conn, ("loaded", {"name": module.__name__, "functions": sorted(api_functions(module)),
                               "declared": declared}))
     except Exception as exc:  # an unpicklable MLAVERIFY_CAPABILITIES
-        conn.send(("import_error", f"implementation {spec!r}: MLAVERIFY_CAPABILITIES cannot be sent to the "
+        _send(conn, ("import_error", f"implementation {spec!r}: MLAVERIFY_CAPABILITIES cannot be sent to the "
                                    f"engine ({type(exc).__name__}: {exc}); use plain dicts, lists and numbers"))
         return
     while True:
         try:
-            message = conn.recv()
+            message = _recv(conn)
         except EOFError:
             return
         if message is None:
@@ -88,10 +99,11 @@ def _serve(conn, spec: str, threads: int | None) -> None:
 
             run = ImplRun(None, f"implementation raised {describe_exception(exc)}")
         try:
-            conn.send(("result", run))
+            payload = pickle.dumps(("result", run), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            conn.send(("result", ImplRun(None, f"its outputs cannot be sent back to the engine: "
-                                               f"{type(exc).__name__}: {exc}")))
+            payload = pickle.dumps(("result", ImplRun(None, f"its outputs cannot be sent back to the engine: "
+                                                            f"{type(exc).__name__}: {exc}")))
+        conn.send_bytes(payload)
 
 
 class Worker:
@@ -136,7 +148,7 @@ class Worker:
         self._process = self._conn = None
         if conn is not None:
             try:
-                conn.send(None)
+                _send(conn, None)
             except (OSError, EOFError, BrokenPipeError):
                 pass
         if process is not None:
@@ -167,12 +179,12 @@ class Worker:
             wait = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
             try:
                 if self._conn.poll(wait):
-                    return self._conn.recv()
+                    return _recv(self._conn)
             except (EOFError, OSError):
                 return self._reap()
             if not self._alive():
                 try:  # it may have sent its last words just before exiting
-                    return self._conn.recv() if self._conn.poll(0) else self._reap()
+                    return _recv(self._conn) if self._conn.poll(0) else self._reap()
                 except (EOFError, OSError):
                     return self._reap()
             if deadline is not None and time.monotonic() >= deadline:
@@ -202,7 +214,7 @@ class Worker:
             except ImplementationError as exc:
                 return ImplRun(None, f"the worker could not be restarted: {exc}")
         try:
-            self._conn.send((case, str(device), list(checks)))
+            _send(self._conn, (case, str(device), list(checks)))
         except (OSError, BrokenPipeError) as exc:
             what = self._death("before the call", self.timeout_s)
             self._kill()

@@ -160,11 +160,16 @@ def test_baseline_then_gate_with_impl(tmp_path, capsys):
     # the gate re-runs with the baseline's settings (same ops, models, profile, seed): same cases, passes
     assert main(["gate", "--baseline", str(base), "--impl", CLEAN, "--quiet"]) == 0
     assert "gate: PASS" in capsys.readouterr().out
-    assert not (tmp_path / "mlaverify-report.json").exists()  # the gate writes reports only with --out
-    # a bug the cases expose fails the gate
-    assert main(["gate", "--baseline", str(base), "--impl", "mlaverify.verify.planted.prefill_lse_base2",
-                 "--quiet", "--no-shrink", "--out", str(tmp_path / "g")]) == 1
+    written = Report.from_json((tmp_path / "mlaverify-report.json").read_text())  # the run's report, gate inside
+    assert written.gate["verdict"] == "PASS" and written.gate["compared"] == written.summary["total"]
+    # a bug the cases expose fails the gate, and the gate's own reports say FAIL (not the run's "0 failed")
+    bug = "mlaverify.verify.planted.prefill_lse_base2"
+    assert main(["gate", "--baseline", str(base), "--impl", bug, "--quiet", "--no-shrink",
+                 "--out", str(tmp_path / "g"), "--allow-impl-change"]) == 1
     assert "gate: FAIL" in capsys.readouterr().out
+    gated = Report.from_json((tmp_path / "g" / "report.json").read_text())
+    assert gated.verdict == "FAIL" and gated.gate["failing"]
+    assert "FAIL" in (tmp_path / "g" / "report.md").read_text().splitlines()[0]
 
 
 def test_baseline_refuses_failing_run(tmp_path, capsys):

@@ -172,7 +172,9 @@ def test_tolerance_overrides(tmp_path):
     ({"sparse_decodes.out.atol": 1.0}, "unknown op"),
     ({"sparse_decode.dq.atol": 1.0}, "unknown output"),
     ({"sparse_decode.out.tol": 1.0}, "unknown field"),
-    ({"sparse_decode.out.atol": -1.0}, "expected a number >= 0"),
+    ({"sparse_decode.out.atol": -1.0}, "expected a finite number >= 0"),
+    ({"sparse_decode.out.atol": float("inf")}, "expected a finite number >= 0"),
+    ({"sparse_decode.out.rtol": float("nan")}, "expected a finite number >= 0"),
     ({"sparse_decode.out": 1.0}, "op.output.field"),
 ])
 def test_bad_overrides_raise(overrides, match):
@@ -180,6 +182,9 @@ def test_bad_overrides_raise(overrides, match):
         load_tolerances(overrides=overrides, use_pyproject=False)
     with pytest.raises(ValueError, match="expected a number"):
         parse_override("sparse_decode.out.atol=lots")
+    for text in ("inf", "nan", "-inf"):
+        with pytest.raises(ValueError, match="expected a finite number"):
+            parse_override(f"sparse_decode.out.atol={text}")
 
 
 def test_cosine_is_not_judged_against_a_zero_reference():
