@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from mlaverify.kernels.sparse_prefill import _dot, _online_softmax_step, _round
-from mlaverify.reference.validation import check_dense_decode_inputs
+from mlaverify.reference.validation import check_dense_decode_inputs, check_softmax_scale
 
 D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
 D_ROPE = 64  # the second piece of K when d == 576
@@ -241,9 +241,6 @@ def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_sca
     visible token gives out 0 and lse +inf.
     """
     check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v)
-    if softmax_scale is not None and (
-        isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale)
-    ):
-        raise TypeError(f"softmax_scale: expected None or a finite python float, got {softmax_scale!r}")
+    softmax_scale = check_softmax_scale(softmax_scale)
     _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
     return dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal)

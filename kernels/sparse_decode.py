@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from mlaverify.reference.model_type import ModelType
-from mlaverify.reference.validation import check_sparse_decode_inputs
+from mlaverify.reference.validation import check_softmax_scale, check_sparse_decode_inputs
 
 from ._sparse_decode_fp8 import bf16_operand, load_model1_keys, load_v32_keys, round_to_bf16, store_bf16
 
@@ -285,12 +285,9 @@ def sparse_decode(
         "extra_k_cache": extra_k_cache, "extra_indices_in_kvcache": extra_indices,
         "extra_topk_length": extra_topk_length,
     })
-    if softmax_scale is not None and (
-        isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale)
-    ):
-        raise TypeError(f"softmax_scale: expected None or a finite python float, got {softmax_scale!r}")
+    softmax_scale = check_softmax_scale(softmax_scale)
     b, s_q, h_q, d_qk = q.shape
-    scale = d_qk**-0.5 if softmax_scale is None else float(softmax_scale)
+    scale = d_qk**-0.5 if softmax_scale is None else softmax_scale
     has_extra = extra_k_cache is not None
     cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, device, num_splits)
     final = cfg.num_splits == 1

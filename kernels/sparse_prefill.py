@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mlaverify.reference.validation import check_sparse_prefill_inputs
+from mlaverify.reference.validation import check_softmax_scale, check_sparse_prefill_inputs
 
 D_V = 512  # V width and the first (power-of-two) piece of K for both model types
 D_ROPE = 64  # the second piece of K when d_qk == 576
@@ -217,7 +217,6 @@ def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk
     ``max_logits`` and ``lse`` are natural-log quantities of the scaled logits ``sm_scale * <q, k>``.
     """
     check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length)
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
-        raise TypeError(f"sm_scale: expected a finite python float, got {sm_scale!r}")
+    sm_scale = check_softmax_scale(sm_scale, "sm_scale", required=True)
     _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
     return sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length)

@@ -16,6 +16,7 @@ import torch
 from .dense_decode import dense_decode_reference
 from .sparse_decode import sparse_decode_reference
 from .sparse_prefill import sparse_prefill_reference
+from .validation import check_softmax_scale
 
 
 @dataclasses.dataclass
@@ -130,6 +131,7 @@ def flash_mla_with_kvcache(
         q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits, causal,
         is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length,
     )
+    softmax_scale = check_softmax_scale(softmax_scale)
     if mode == "sparse":
         out, lse = sparse_decode_reference(
             q, k_cache, indices, softmax_scale=softmax_scale, attn_sink=attn_sink, topk_length=topk_length,
@@ -155,6 +157,7 @@ def flash_mla_sparse_fwd(
     """Sparse prefill. Returns out [s_q, h_q, d_v] bf16, max_logits [s_q, h_q] and lse [s_q, h_q]
     float32 (natural log)."""
     out, max_logits, lse = sparse_prefill_reference(
-        q, kv, indices, sm_scale, d_v=d_v, attn_sink=attn_sink, topk_length=topk_length
+        q, kv, indices, check_softmax_scale(sm_scale, "sm_scale", required=True), d_v=d_v, attn_sink=attn_sink,
+        topk_length=topk_length,
     )
     return out.to(torch.bfloat16), max_logits.float(), lse.float()

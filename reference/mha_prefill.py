@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import check_has_data, check_last_dim_contiguous, check_softmax_scale
+
 SUPPORTED_HEAD_DIMS = ((192, 128), (128, 128))  # (d_qk, d_v): V3.2-style MHA prefill and plain 128
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 _CHUNK_ELEMENTS = 1 << 23  # float32 elements per [h_q, chunk, s_k] tensor (32 MiB); ~6 live at once
@@ -68,10 +70,12 @@ class MhaPrefillShapes:
 def _check_tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    check_has_data(t, name)
     if t.dim() != 3:
         raise ValueError(f"{name}: expected 3 dimensions [tokens, heads, head_dim], got shape {tuple(t.shape)}")
     if t.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{name}: expected dtype torch.bfloat16 or torch.float16, got {t.dtype}")
+    check_last_dim_contiguous(t, name)
     return t
 
 
@@ -119,11 +123,7 @@ def check_mha_options(dropout_p: object, softmax_scale: object, causal: object, 
         raise TypeError(f"dropout_p: expected a float, got {type(dropout_p).__name__}")
     if dropout_p != 0.0:
         raise ValueError(f"dropout_p: expected 0.0 (dropout is not supported), got {dropout_p}")
-    if softmax_scale is not None:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
-            raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
-        if not math.isfinite(softmax_scale):
-            raise ValueError(f"softmax_scale: expected a finite float, got {softmax_scale}")
+    check_softmax_scale(softmax_scale)
     _check_bool("causal", causal)
     _check_bool("deterministic", deterministic)  # always honoured: every implementation here is deterministic
     _check_bool("is_varlen", is_varlen)
@@ -195,7 +195,8 @@ def check_mha_prefill_inputs(q: object, k: object, v: object, cu_seqlens_qo: obj
 
 def resolve_softmax_scale(softmax_scale: float | None, d_qk: int) -> float:
     """FlashMLA's default: d_qk ** -0.5."""
-    return float(d_qk) ** -0.5 if softmax_scale is None else float(softmax_scale)
+    scale = check_softmax_scale(softmax_scale)
+    return float(d_qk) ** -0.5 if scale is None else scale
 
 
 def split_qkv_packed(qkv: object, head_dim_qk: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

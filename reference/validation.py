@@ -7,6 +7,8 @@ with a message naming the argument, what was expected and what came. Nothing is 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import torch
 
@@ -18,9 +20,32 @@ DENSE_D = (576, 512)
 HEAD_DIM_V = 512
 
 
+def check_has_data(x: torch.Tensor, name: str) -> None:
+    """A meta tensor has a shape and no values: nothing can be computed from it."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor with data (on cpu or cuda), got a meta tensor")
+
+
+def check_softmax_scale(value, name: str = "softmax_scale", *, required: bool = False) -> float | None:
+    """A finite real scale as a python float (None stays None unless ``required``). Accepts what FlashMLA's
+    binding converts: python and numpy numbers and 0-d real tensors."""
+    if value is None and not required:
+        return None
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.dtype.is_complex and value.dtype != torch.bool:
+        check_has_data(value, name)
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        want = "a finite float" if required else "None or a finite float"
+        raise TypeError(f"{name}: expected {want}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite float, got {float(value)}")
+    return float(value)
+
+
 def check_tensor(x, name: str, *, ndim: int | None = None, dtypes=None, device=None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    check_has_data(x, name)
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dims, got {x.dim()} (shape {list(x.shape)})")
     if dtypes is not None and x.dtype not in dtypes:
