@@ -118,6 +118,10 @@ def conclusions(report: AccuracyReport) -> str:
                 parts.append(f"{what} ({a} vs {b}, {op} on {model} keys): no effect, the errors are identical "
                              f"on every distribution.")
                 continue
+            if all(abs(v - 1.0) < 0.01 for _, v in ratios):
+                parts.append(f"{what} ({a} vs {b}, {op} on {model} keys): under 1% on every distribution "
+                             f"(largest {max(abs(v - 1) for _, v in ratios):.1e}).")
+                continue
             worst = max(ratios, key=lambda kv: kv[1])
             parts.append(f"{what} ({a} / {b} error, {op} on {model} keys): median "
                          f"{statistics.median(v for _, v in ratios):.2g}x, largest {worst[1]:.2g}x on {worst[0]}.")
