@@ -63,6 +63,8 @@ def _fmt(x, key: str = "") -> str:
         return "-"
     if key == "cosine":
         x = 1.0 - x
+        if abs(x) < 1e-12:  # float64 rounding of a cosine of 1
+            return "0"
     if key.startswith("topk_mass"):
         return f"{x:.4f}"
     return "0" if x == 0 else f"{x:.3g}"
@@ -77,64 +79,82 @@ def _ratio_text(values: list[float]) -> str:
     return f"{lo:.2g}x" if abs(hi - lo) < 0.05 * lo else f"{lo:.2g}-{hi:.2g}x"
 
 
+# A ratio of two formats' errors below this is not called a difference: at the default sizes (8 rows x 16
+# heads, top-k 256) the ratio model1 / model1-f32 measured over 6 seeds spread 0.89-1.39x on the peaked,
+# wide_logits, near_duplicate and rope_scaled distributions (1.03-1.07x on flashmla).
+CLEAR_RATIO = 1.5
+
+
+def _median_by(rows: list[Row], key) -> dict:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r.metrics["rel_fro"])
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def _effect(rows: list[Row], table: dict, a: str, b: str, what: str) -> str | None:
+    """One sentence on the ratio of format a's error to format b's over every (op, model, distribution)."""
+    ratios = []
+    for r in rows:
+        other = table.get((r.op, r.model, r.distribution, b, None, None))
+        if r.format == a and other is not None and other.metrics["rel_fro"] > 0:
+            ratios.append((r.distribution, r.metrics["rel_fro"] / other.metrics["rel_fro"]))
+    if not ratios:
+        return None
+    n = len(ratios)
+    if all(abs(v - 1.0) < 1e-9 for _, v in ratios):  # float64 summation order only
+        return f"{what} ({a} vs {b}): identical errors on all {n} rows."
+    if all(abs(v - 1.0) < 0.01 for _, v in ratios):
+        return (f"{what} ({a} vs {b}): the same error within {max(abs(v - 1) for _, v in ratios):.1e} (relative) "
+                f"on all {n} rows.")
+    worst = max(ratios, key=lambda kv: kv[1])
+    return (f"{what} ({a} / {b} error): median {statistics.median(v for _, v in ratios):.2g}x over {n} rows, "
+            f"largest {worst[1]:.2g}x on {worst[0]}.")
+
+
 def conclusions(report: AccuracyReport) -> str:
     """One paragraph, every number in it read from the report's rows."""
     rows = _main(report)
     if not rows:
         return "No rows were computed."
     table = _lookup(report.rows)
-    names = {r.format for r in rows}
-    groups = sorted({(r.op, r.model) for r in rows})
     parts = []
-    if "bf16" in names:
-        zero = all(table[k].metrics["rel_fro"] == 0 for k in table if k[3] == "bf16")
+    if any(r.format == "bf16" for r in rows):
+        zero = all(r.metrics["rel_fro"] == 0 for r in report.rows if r.format == "bf16")
         parts.append("bf16 has zero quantization error by construction" + ("" if zero else " (NOT zero: a bug)") + ".")
-    for op, model in groups:
-        mine = [r for r in rows if (r.op, r.model) == (op, model) and r.format != "bf16"]
-        dists = sorted({r.distribution for r in mine})
-        if not mine:
-            continue
-        wins: dict[str, list[str]] = {}
-        for d in dists:
-            cand = [r for r in mine if r.distribution == d]
-            best = min(cand, key=lambda r: r.metrics["rel_fro"])
-            worst = max(cand, key=lambda r: r.metrics["rel_fro"])
-            wins.setdefault(best.format, []).append(
-                f"{d} ({best.metrics['rel_fro']:.2g} vs {worst.metrics['rel_fro']:.2g} for {worst.format})")
-        text = "; ".join(f"{fmt} on {', '.join(ds)}" for fmt, ds in sorted(wins.items(), key=lambda kv: -len(kv[1])))
-        parts.append(f"{op} on {model} keys, lowest relative error of out: {text}.")
-
-    def effect(a: str, b: str, what: str) -> None:
-        for op, model in groups:
-            ratios = []
-            for r in rows:
-                if (r.op, r.model, r.format) == (op, model, a):
-                    other = table.get((op, model, r.distribution, b, None, None))
-                    if other is not None and other.metrics["rel_fro"] > 0:
-                        ratios.append((r.distribution, r.metrics["rel_fro"] / other.metrics["rel_fro"]))
-            if not ratios:
-                continue
-            if all(abs(v - 1.0) < 1e-9 for _, v in ratios):  # float64 summation order only
-                parts.append(f"{what} ({a} vs {b}, {op} on {model} keys): no effect, the errors are identical "
-                             f"on every distribution.")
-                continue
-            if all(abs(v - 1.0) < 0.01 for _, v in ratios):
-                parts.append(f"{what} ({a} vs {b}, {op} on {model} keys): under 1% on every distribution "
-                             f"(largest {max(abs(v - 1) for _, v in ratios):.1e}).")
-                continue
-            worst = max(ratios, key=lambda kv: kv[1])
-            parts.append(f"{what} ({a} / {b} error, {op} on {model} keys): median "
-                         f"{statistics.median(v for _, v in ratios):.2g}x, largest {worst[1]:.2g}x on {worst[0]}.")
-    effect("model1", "model1-f32", "Scale format, ue8m0 vs float32 at tile 64")
-    effect("v32-ue8m0", "model1", "Tile size, 128 vs 64 with ue8m0 scales")
-    effect("v32-exact", "model1-f32", "Tile size, 128 vs 64 with float32 scales")
-    effect("model1", "v32", "MODEL1's format vs V32's on the same keys")
-    sweep = [r for r in report.rows if r.sweep == "outlier_ratio" and r.format in ("model1", "v32-ue8m0", "v32")]
-    for (op, model, fmt) in sorted({(r.op, r.model, r.format) for r in sweep}):
-        pts = sorted((r.value, r.metrics["rel_fro"]) for r in sweep if (r.op, r.model, r.format) == (op, model, fmt))
-        if len(pts) >= 2:
-            parts.append(f"With ue8m0-valued scales ({fmt}, {model} keys) the error goes from {pts[0][1]:.2g} at "
-                         f"outlier magnitude {pts[0][0]:g}x to {pts[-1][1]:.2g} at {pts[-1][0]:g}x.")
+    fp8 = [r for r in rows if r.format != "bf16"]
+    clear, close = [], []
+    for dist in dict.fromkeys(r.distribution for r in fp8):
+        med = _median_by([r for r in fp8 if r.distribution == dist], lambda r: r.format)
+        best, worst = min(med, key=med.get), max(med, key=med.get)
+        if med[best] > 0 and med[worst] / med[best] >= CLEAR_RATIO:
+            clear.append(f"{dist} {best} {med[best]:.2g} vs {worst} {med[worst]:.2g} ({med[worst] / med[best]:.2g}x)")
+        else:
+            close.append(f"{dist} ({min(med.values()):.2g}-{max(med.values()):.2g})")
+    if clear:
+        parts.append("Relative error of out (median over ops and key shapes), best vs worst FP8 format where they "
+                     f"differ by at least {CLEAR_RATIO:g}x: " + "; ".join(clear) + ".")
+    if close:
+        parts.append(f"Within {CLEAR_RATIO:g}x of each other, the seed-to-seed spread at the default sizes: "
+                     + ", ".join(close) + ".")
+    for a, b, what in (("model1", "v32", "MODEL1's format vs V32's on the same keys"),
+                       ("model1", "model1-f32", "Scale format, ue8m0 vs float32 at tile 64"),
+                       ("v32-ue8m0", "model1", "Tile size, 128 vs 64 with ue8m0 scales"),
+                       ("v32-exact", "model1-f32", "Tile size, 128 vs 64 with float32 scales")):
+        sentence = _effect(fp8, table, a, b, what)
+        if sentence:
+            parts.append(sentence)
+    sweep = [r for r in report.rows if r.sweep == "outlier_ratio" and r.format != "bf16"]
+    for op, model in dict.fromkeys((r.op, r.model) for r in sweep):
+        trends = []
+        for fmt in dict.fromkeys(r.format for r in sweep):
+            pts = sorted((r.value, r.metrics["rel_fro"]) for r in sweep if (r.op, r.model, r.format) == (op, model, fmt))
+            if len(pts) >= 2:
+                trends.append(f"{fmt} {pts[0][1]:.2g} -> {pts[-1][1]:.2g}")
+        if trends:
+            lo, hi = min(r.value for r in sweep), max(r.value for r in sweep)
+            parts.append(f"Outlier channels from {lo:g}x to {hi:g}x the bulk ({op}, {model} keys): "
+                         + ", ".join(trends) + ".")
             break
     with_impl = [r for r in rows if r.impl is not None and r.format != "bf16" and r.metrics["rel_fro"] > 0]
     if with_impl:
