@@ -76,7 +76,12 @@ def _lookup(rows: list[Row]) -> dict:
 
 def _ratio_text(values: list[float]) -> str:
     lo, hi = min(values), max(values)
-    return f"{lo:.2g}x" if abs(hi - lo) < 0.05 * lo else f"{lo:.2g}-{hi:.2g}x"
+    return f"{lo:.3f}x" if hi - lo < 5e-4 * lo else f"{lo:.3f}-{hi:.3f}x"
+
+
+def _range(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2g}" if hi - lo < 0.05 * lo else f"{lo:.2g}-{hi:.2g}"
 
 
 # A ratio of two formats' errors below this is not called a difference: at the default sizes (8 rows x 16
@@ -108,8 +113,8 @@ def _effect(rows: list[Row], table: dict, a: str, b: str, what: str) -> str | No
         return (f"{what} ({a} vs {b}): the same error within {max(abs(v - 1) for _, v in ratios):.1e} (relative) "
                 f"on all {n} rows.")
     worst = max(ratios, key=lambda kv: kv[1])
-    return (f"{what} ({a} / {b} error): median {statistics.median(v for _, v in ratios):.2g}x over {n} rows, "
-            f"largest {worst[1]:.2g}x on {worst[0]}.")
+    return (f"{what} ({a} / {b} error): median {statistics.median(v for _, v in ratios):.2f}x over {n} rows, "
+            f"largest {worst[1]:.2f}x on {worst[0]}.")
 
 
 def conclusions(report: AccuracyReport) -> str:
@@ -161,8 +166,11 @@ def conclusions(report: AccuracyReport) -> str:
         ratios = [r.impl["rel_fro"] / r.metrics["rel_fro"] for r in with_impl]
         med = statistics.median(ratios)
         side = "the kernel's own error dominates" if med > 2 else "the quantization error dominates"
-        parts.append(f"{report.implementation}: end-to-end error / quantization error alone is median {med:.2g}x "
-                     f"(range {_ratio_text(ratios)}) over {len(ratios)} rows, so {side}.")
+        alone = [r.impl["rel_fro"] for r in rows if r.impl is not None and r.format == "bf16"]
+        kernel = (f"; on the bf16 keys its own error alone is {_range(alone)}, against a median quantization error "
+                  f"of {statistics.median(r.metrics['rel_fro'] for r in with_impl):.3g}") if alone else ""
+        parts.append(f"{report.implementation}: end-to-end error / quantization error alone is median {med:.3f}x "
+                     f"(range {_ratio_text(ratios)}) over {len(ratios)} rows{kernel}, so {side}.")
     if report.failed:
         bad = [r for r in report.rows if r.impl_error]
         parts.append(f"The implementation failed on {len(bad)} rows (first: {bad[0].impl_error}).")

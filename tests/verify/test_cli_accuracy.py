@@ -154,7 +154,7 @@ def test_conclusions_are_computed_from_the_numbers():
     text = conclusions(AccuracyReport({}, [], {}, rows))
     assert "bf16 has zero quantization error" in text
     assert "a model1-f32 0.01 vs model1 0.04 (4x); b model1-f32 0.01 vs model1 0.02 (2x)" in text
-    assert "(model1 / model1-f32 error): median 3x over 2 rows, largest 4x on a" in text
+    assert "(model1 / model1-f32 error): median 3.00x over 2 rows, largest 4.00x on a" in text
     rows[2].metrics["rel_fro"] = 0.012  # b: 1.2x apart, within the seed-to-seed spread: not called a difference
     assert "Within 1.5x of each other, the seed-to-seed spread at the default sizes: b (0.01-0.012)" in \
         conclusions(AccuracyReport({}, [], {}, rows))
