@@ -5,6 +5,9 @@ import io
 
 __all__ = ["sweep_plots"]
 
+_MARKERS = ("o", "s", "^", "D", "v", "x", "+")
+_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)))
+
 
 def _svg(fig) -> str:
     buf = io.StringIO()
@@ -30,9 +33,13 @@ def sweep_plots(report) -> list[str]:
             continue
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         try:
-            for fmt in dict.fromkeys(r.format for r in rows):
+            for i, fmt in enumerate(dict.fromkeys(r.format for r in rows)):
                 pts = sorted((r.value, r.metrics["rel_fro"]) for r in rows if r.format == fmt)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fmt)
+                # formats with identical errors (power-of-two scales at any tile) draw on top of each other:
+                # shrinking open markers and distinct dashes keep every one of them visible
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=_MARKERS[i % len(_MARKERS)],
+                        markersize=max(3.0, 10.0 - 1.5 * i), fillstyle="none", linestyle=_DASHES[i % len(_DASHES)],
+                        label=fmt)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(SWEEP_LABELS[sweep])

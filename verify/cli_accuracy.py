@@ -38,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="production shapes of reference.configs (v32, model1-config1..4); query rows sampled")
     p.add_argument("--impl", default=None, metavar="MODULE|path.py",
-                   help="also measure this implementation's end-to-end error on the quantized cache")
+                   help="also measure this implementation's end-to-end error on the quantized cache "
+                        "(flash_mla: pass --h-q 64 or 128 and a top-k multiple of 64, its limits)")
     p.add_argument("--capabilities", default=None, metavar="PROFILE", help="capability profile of --impl")
     p.add_argument("--device", default=None, help="device of the --impl calls (default: cuda if available)")
     p.add_argument("--h-q", type=int, default=None, metavar="N", help="query heads (both ops)")
@@ -74,7 +75,7 @@ def _preset_settings(name: str, base):
                         rows=decode.s_q * min(decode.batch_sizes))
         settings, ops = dataclasses.replace(settings, decode=shape), ops + ["sparse_decode"]
     if prefill is not None:  # s_q = 4096 rows are independent: a sample of them (rows) is measured
-        shape = OpShape(h_q=prefill.h_q, s_kv=prefill.s_kv_range[0], topk=prefill.topk, rows=16)
+        shape = OpShape(h_q=prefill.h_q, s_kv=prefill.s_kv_range[0], topk=prefill.topk, rows=base.prefill.rows)
         settings, ops = dataclasses.replace(settings, prefill=shape), ops + ["sparse_prefill"]
     return settings, [model], ops
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace, out, err) -> int:
     from mlaverify.verify.accuracy import run_accuracy
     from mlaverify.verify.accuracy_formats import parse_formats
     from mlaverify.verify.accuracy_inputs import file_inputs, load_activations, row_generator
-    from mlaverify.verify.accuracy_report import AccuracyReport, render_html, render_markdown
+    from mlaverify.verify.accuracy_report import AccuracyReport, conclusions, render_html, render_markdown
     from mlaverify.verify.distributions import PRODUCTION_DISTRIBUTIONS
     from mlaverify.verify.implementations import load_implementation
     from mlaverify.verify.report_common import write_atomic
@@ -146,7 +147,6 @@ def run(args: argparse.Namespace, out, err) -> int:
     written = [write_atomic(folder / "accuracy.json", report.to_json()),
                write_atomic(folder / "accuracy.md", render_markdown(report)),
                write_atomic(folder / "accuracy.html", render_html(report))]
-    from mlaverify.verify.accuracy_report import conclusions
     print(conclusions(report), file=out)
     for path in written:
         print(f"wrote {path}", file=out)

@@ -244,6 +244,13 @@ def make_queries(g, kind: str, keys: torch.Tensor, attended_rows: torch.Tensor, 
       units, which exposes exp overflow, missed rescaling and scale folding. Rows with fewer than two
       distinct attended logits keep a unit-norm direction.
     Rows without any attended key get a flashmla query.
+
+    Wiring per op: sparse decode: keys = the cache's tokens by position (before bf16 and quantization),
+    attended_rows = the positions [b, s_q, topk] (-1 and slots past topk_length as -1; an extra cache:
+    concatenate its keys after the main ones and offset its positions); sparse prefill: kv and indices
+    [s_q, topk] as they are; dense decode: each query's sequence positions, -1 past cache_seqlens (and
+    past the causal limit); MHA and GQA: one call per KV head with n_heads = h_q / h_kv, values from
+    make_keys with d_rope = 0.
     """
     _check_kind(kind, QUERY_KINDS, "kind")
     if keys.dim() != 2:
