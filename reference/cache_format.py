@@ -119,14 +119,47 @@ def dequantize_bytes(data: torch.Tensor, scale_bytes: torch.Tensor, model_type: 
     rope = data[..., d_nope:].contiguous().view(torch.bfloat16)  # [..., 64]
     if model_type is ModelType.V32:
         scales = scale_bytes.contiguous().view(torch.float32)  # [..., 4] as stored
-        nope = fp8.float().unflatten(-1, (-1, model_type.tile)) * scales.unsqueeze(-1)
-        nope = nope.flatten(-2).to(torch.bfloat16)  # bf16(float(q) * scale)
     else:
-        exponents = scale_bytes[..., : model_type.num_tiles].float() - 127.0
-        scales = torch.exp2(exponents).to(torch.bfloat16)  # [..., 7]
-        nope = fp8.to(torch.bfloat16).unflatten(-1, (-1, model_type.tile)) * scales.unsqueeze(-1)
-        nope = nope.flatten(-2)  # bf16(q) * bf16(2^(byte-127)), computed in bf16
+        scales = torch.exp2(scale_bytes[..., : model_type.num_tiles].float() - 127.0)  # [..., 7] = 2^(byte-127)
+    nope = _dequantize_tiles(fp8, scales, model_type.tile, model_type.scale_format)
     return torch.cat([nope, rope], dim=-1)
+
+
+def _dequantize_tiles(fp8: torch.Tensor, scales: torch.Tensor, tile: int, scale_format: str) -> torch.Tensor:
+    """fp8 [..., d] and float32 scales [..., d // tile] -> bf16 [..., d], in the arithmetic of the format.
+
+    float32 (V32): bf16(float(q) * scale); ue8m0 (MODEL1): bf16(q) * bf16(scale), computed in bf16.
+    """
+    if scale_format == "float32":
+        nope = fp8.float().unflatten(-1, (-1, tile)) * scales.unsqueeze(-1)
+        return nope.flatten(-2).to(torch.bfloat16)
+    nope = fp8.to(torch.bfloat16).unflatten(-1, (-1, tile)) * scales.to(torch.bfloat16).unsqueeze(-1)
+    return nope.flatten(-2)
+
+
+# scale formats of round_trip_tiles -> (scale rounding, dequantization arithmetic)
+TILE_SCALE_FORMATS = {
+    "float32": ("none", "float32"),         # exact amax / 448 stored as float32 (V32's exact mode)
+    "float32-pow2": ("ue8m0", "float32"),   # powers of two stored as float32 (V32 as quantize_kv_cache writes it)
+    "ue8m0": ("ue8m0", "ue8m0"),            # one exponent byte per tile, dequantized in bf16 (MODEL1)
+}
+
+
+def round_trip_tiles(nope: torch.Tensor, tile: int, scale_format: str) -> torch.Tensor:
+    """nope [..., d] (bf16 or float32) quantized to fp8 per tile of ``tile`` and dequantized: bf16 [..., d].
+
+    The same code as quantize_kv_cache and dequantize_kv_cache, with the tile size and scale format as
+    parameters, so what-if formats (MODEL1 tiles with float32 scales, ...) differ from the real ones only
+    in those two choices: tile 128 with "float32-pow2" is V32's NoPE exactly, tile 64 with "ue8m0" MODEL1's.
+    """
+    if scale_format not in TILE_SCALE_FORMATS:
+        raise ValueError(f"scale_format: expected one of {sorted(TILE_SCALE_FORMATS)}, got {scale_format!r}")
+    if not isinstance(tile, int) or tile < 1 or nope.shape[-1] % tile:
+        raise ValueError(f"tile: expected a positive divisor of the last dim {nope.shape[-1]}, got {tile!r}")
+    rounding, arithmetic = TILE_SCALE_FORMATS[scale_format]
+    values = nope.float()
+    scales = _tile_scales(values, tile, rounding)  # [..., d // tile] float32
+    return _dequantize_tiles(_quantize_tiles(values, scales, tile), scales, tile, arithmetic)
 
 
 def gather_dequantized(cache: torch.Tensor, positions: torch.Tensor, model_type: ModelType) -> torch.Tensor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mlaverify.reference import ModelType, cache_positions, dequantize_kv_cache, quantize_kv_cache
+from mlaverify.reference.cache_format import round_trip_tiles
 
 
 def raw_bytes(cache: torch.Tensor, n: int) -> list:
@@ -180,3 +181,42 @@ def test_cache_positions():
 def test_quantize_bad_input(k, kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
         quantize_kv_cache(k, **kwargs)
+
+
+# ---- what-if formats: the same quantizer with the tile size and scale format as parameters ----------
+def _outlier_keys(model: ModelType, seed: int = 7) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(3, 16, 1, model.d_qk, generator=gen) * 0.1
+    k[..., 5] *= 40.0  # an outlier channel: its tile's scale is set by it
+    k[0, 0, 0, :128] = 0  # an all-zero tile
+    return k.bfloat16()
+
+
+@pytest.mark.parametrize(
+    "model, rounding, tile, scale_format",
+    [(ModelType.V32, "ue8m0", 128, "float32-pow2"), (ModelType.V32, "none", 128, "float32"),
+     (ModelType.MODEL1, "ue8m0", 64, "ue8m0")],
+    ids=["v32", "v32-exact", "model1"],
+)
+def test_round_trip_tiles_reproduces_the_real_formats_bit_for_bit(model, rounding, tile, scale_format):
+    k = _outlier_keys(model)
+    real = dequantize_kv_cache(quantize_kv_cache(k, scale_rounding=rounding))[..., : model.d_nope]
+    what_if = round_trip_tiles(k[..., : model.d_nope], tile, scale_format)
+    assert what_if.dtype == torch.bfloat16
+    assert torch.equal(what_if.view(torch.int16), real.view(torch.int16))
+
+
+def test_model1_arithmetic_with_float32_scales_and_tile_128_is_v32_exact():
+    """On power-of-two scales the bf16 product of MODEL1 and the float32 product of V32 agree exactly."""
+    k = _outlier_keys(ModelType.V32)[..., :512]
+    assert torch.equal(round_trip_tiles(k, 128, "ue8m0"), round_trip_tiles(k, 128, "float32-pow2"))
+    assert not torch.equal(round_trip_tiles(k, 128, "float32"), round_trip_tiles(k, 128, "ue8m0"))
+    assert not torch.equal(round_trip_tiles(k, 64, "ue8m0"), round_trip_tiles(k, 128, "ue8m0"))
+
+
+def test_round_trip_tiles_bad_input():
+    k = torch.zeros(2, 448, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="tile: expected a positive divisor of the last dim 448, got 128"):
+        round_trip_tiles(k, 128, "ue8m0")
+    with pytest.raises(ValueError, match="scale_format: expected one of"):
+        round_trip_tiles(k, 64, "e5m2")
