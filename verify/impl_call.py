@@ -152,6 +152,7 @@ class InProcess:
     """Runs the implementation in this process (the pytest plugin, `--in-process`, Python callers)."""
 
     mode = "in-process"
+    environment: dict = {}  # this process's own environment is what the report already records
 
     def __init__(self, module) -> None:
         self.module = module

@@ -117,7 +117,8 @@ def generate_cases(ops: Iterable[str] | None = None, models: Iterable[str] | Non
 
 def environment(device: torch.device) -> dict:
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-           "device": str(device), "cuda": torch.version.cuda, "triton_interpret": os.environ.get("TRITON_INTERPRET")}
+           "device": str(device), "cuda": torch.version.cuda, "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+           "triton_default_fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION")}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     for name in ("triton", "hypothesis", "numpy"):  # metadata only: importing triton here would fix its
@@ -177,8 +178,9 @@ def run_check(impl_spec, ops: Iterable[str] | None = None, models: Iterable[str]
         "tolerances": table_to_dict(tolerances), "isolation": impl.mode,
         "timeout_s": getattr(impl.runner, "timeout_s", None), "selected": len(todo),
     }
+    env = {**environment(device), **(getattr(impl.runner, "environment", None) or {})}
     return Report(
-        cases=results, environment=environment(device),
+        cases=results, environment=env,
         implementation={"spec": impl.spec, "module": impl.name, "profile": impl.capabilities.name,
                         "capabilities": impl.capabilities.to_dict()},
         settings=settings, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

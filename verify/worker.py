@@ -78,8 +78,10 @@ def _serve(conn, spec: str, threads: int | None) -> None:
         return
     declared = getattr(module, "MLAVERIFY_CAPABILITIES", None)
     try:
+        env = {"triton_interpret": os.environ.get("TRITON_INTERPRET"),  # as the implementation left them
+               "triton_default_fp_fusion": os.environ.get("TRITON_DEFAULT_FP_FUSION")}
         _send(conn, ("loaded", {"name": module.__name__, "functions": sorted(api_functions(module)),
-                              "declared": declared}))
+                                "declared": declared, "env": env}))
     except Exception as exc:  # an unpicklable MLAVERIFY_CAPABILITIES
         _send(conn, ("import_error", f"implementation {spec!r}: MLAVERIFY_CAPABILITIES cannot be sent to the "
                                    f"engine ({type(exc).__name__}: {exc}); use plain dicts, lists and numbers"))
@@ -204,6 +206,11 @@ class Worker:
         if self._alive():
             return f"gave no result after {timeout_s:g} s {during}"
         return f"{describe_exit(process.returncode if process is not None else None)} {during}"
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """What the worker's environment says about the implementation's mode (Triton's variables)."""
+        return dict((self.info or {}).get("env") or {})
 
     # ---- running cases ------------------------------------------------------------------------
     def run(self, case: Case, device, checks: Sequence[str]) -> ImplRun:
