@@ -17,6 +17,7 @@ and permuting the batch permutes the outputs bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from mlaverify.kernels import _runtime  # first: it selects compiled vs interpreted mode
@@ -27,6 +28,9 @@ import triton.language as tl
 
 from mlaverify.kernels.sparse_prefill import _dot, _online_softmax_step, _round
 from mlaverify.reference.validation import check_dense_decode_inputs
+
+from ._launch import KernelLaunch, run_all
+from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
 D_ROPE = 64  # the second piece of K when d == 576
@@ -180,33 +184,56 @@ def _split_tokens(b: int, h_kv: int, row_tiles: int, max_len: int, block_n: int,
     return triton.cdiv(per_split, block_n) * block_n
 
 
-def _launch_config(rows: int, interpreted: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, split num_warps, combine BLOCK_H) for this many query rows per KV head."""
-    if interpreted:
+@dataclasses.dataclass(frozen=True)
+class DenseDecodeTiles:
+    """Tile sizes of the split kernel (and the combine's head tile), with the split's sm_90 shared memory."""
+
+    block_m: int  # query rows (token, head) per program
+    block_n: int  # cache tokens per step
+    num_warps: int
+    num_stages: int
+    combine_block_h: int  # heads per combine program
+    smem_sm90: int  # bytes, from `python -m mlaverify.kernels.inspect` (tests/kernels/test_inspect.py checks it)
+
+
+# Compiled for sm_90: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles without spills at
+# 16 rows x 4 warps and 32 rows x 8 warps; the combine keeps 16 heads x 512 in f32.
+COMPILED_TILES_FEW_ROWS = DenseDecodeTiles(16, 32, 4, 1, 16, smem_sm90=0)
+COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 1, 16, smem_sm90=102400)
+
+
+def launch_tiles(rows: int, target: GpuTarget) -> DenseDecodeTiles:
+    """Tiles for this many query rows per KV head on `target`; ValueError when none fits its shared memory."""
+    if target is INTERPRETER:
         # the interpreter pays per operation, not per element: few large programs are fastest
-        return max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 64
-    # compiled for sm_90: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles without
-    # spills at 16 rows x 4 warps and 32 rows x 8 warps; the combine keeps 16 heads x 512 in f32
-    block_m = 16 if rows <= 16 else 32
-    return block_m, 32, (4 if block_m == 16 else 8), 16
+        return DenseDecodeTiles(max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 1, 64, 0)
+    candidates = (COMPILED_TILES_FEW_ROWS,) if rows <= 16 else (COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
+    for tiles in candidates:
+        if tiles.smem_sm90 <= target.smem_per_block:
+            return tiles
+    raise ValueError(
+        f"dense decode: no tile configuration fits {target.name}'s {target.smem_per_block} bytes of shared "
+        f"memory per block (smallest needs {min(t.smem_sm90 for t in candidates)})"
+    )
 
 
-def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, split_tokens=None):
-    """Launch split + combine on validated inputs; returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
+def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, target: GpuTarget,
+                      split_tokens=None):
+    """(launches, (out, lse)) for validated inputs (real or meta tensors) on `target`.
 
     ``split_tokens`` (a multiple of the launch's BLOCK_N) overrides the shape-derived split size.
     """
     b, s_q, h_q, d = q.shape
     page_block_size, h_kv = k_cache.shape[1], k_cache.shape[2]
     group, rows = h_q // h_kv, s_q * (h_q // h_kv)
-    interpreted = _runtime.INTERPRETED
-    block_m, block_n, num_warps, block_h = _launch_config(rows, interpreted)
-    row_tiles = triton.cdiv(rows, block_m)
+    interpreted = target is INTERPRETER
+    t = launch_tiles(rows, target)
+    row_tiles = triton.cdiv(rows, t.block_m)
     max_len = block_table.shape[1] * page_block_size  # validation: every length is at most this
     if split_tokens is None:
-        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, block_n, _runtime.parallelism(q.device))
-    elif split_tokens < 1 or split_tokens % block_n:
-        raise ValueError(f"split_tokens: expected a positive multiple of BLOCK_N={block_n}, got {split_tokens}")
+        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, t.block_n, target.sm_count)
+    elif split_tokens < 1 or split_tokens % t.block_n:
+        raise ValueError(f"split_tokens: expected a positive multiple of BLOCK_N={t.block_n}, got {split_tokens}")
     n_split = triton.cdiv(max(max_len, 1), split_tokens)
 
     o_part = torch.empty((b, n_split, h_kv, rows, D_V), dtype=torch.float32, device=q.device)
@@ -215,22 +242,37 @@ def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, c
     lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
     # (sequence, split) on grid axis 0 (limit 2^31 - 1); (KV head, row tile) on axis 1
-    _dense_decode_split_kernel[(b * n_split, h_kv * row_tiles)](
-        q, k_cache, block_table, cache_seqlens, o_part, lse_part,
-        s_q, h_kv, group, rows, n_split, split_tokens, page_block_size, scale,
-        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
-        block_table.stride(0), block_table.stride(1),
-        CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
-        BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpreted, num_warps=num_warps, num_stages=1,
+    split = KernelLaunch(
+        "dense_decode.split", _dense_decode_split_kernel, (b * n_split, h_kv * row_tiles),
+        (q, k_cache, block_table, cache_seqlens, o_part, lse_part,
+         s_q, h_kv, group, rows, n_split, split_tokens, page_block_size, scale,
+         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+         block_table.stride(0), block_table.stride(1)),
+        dict(CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
+             BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted),
+        t.num_warps, t.num_stages,
     )
-    _dense_decode_combine_kernel[(b * s_q, triton.cdiv(h_q, block_h))](
-        o_part, lse_part, cache_seqlens, out, lse,
-        s_q, h_q, h_kv, group, n_split, split_tokens,
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        DV=D_V, BLOCK_H=block_h, UPCAST=interpreted, num_warps=4,
+    combine = KernelLaunch(
+        "dense_decode.combine", _dense_decode_combine_kernel, (b * s_q, triton.cdiv(h_q, t.combine_block_h)),
+        (o_part, lse_part, cache_seqlens, out, lse,
+         s_q, h_q, h_kv, group, n_split, split_tokens,
+         out.stride(0), out.stride(1), out.stride(2), out.stride(3)),
+        dict(DV=D_V, BLOCK_H=t.combine_block_h, UPCAST=interpreted),
+        4, None,
     )
-    return out, lse
+    return [split, combine], (out, lse)
+
+
+def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, split_tokens=None):
+    """Launch split + combine on validated inputs; returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
+
+    ``split_tokens`` (a multiple of the launch's BLOCK_N) overrides the shape-derived split size.
+    """
+    launches, outputs = dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
+                                          target_of_device(q.device), split_tokens)
+    run_all(launches)
+    return outputs
 
 
 def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal):

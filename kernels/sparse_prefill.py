@@ -12,6 +12,7 @@ the attention sink scales ``out`` by ``1 / (1 + exp(sink - lse))`` and leaves ls
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from mlaverify.kernels import _runtime  # first: it selects compiled vs interpreted mode
@@ -21,6 +22,9 @@ import triton
 import triton.language as tl
 
 from mlaverify.reference.validation import check_sparse_prefill_inputs
+
+from ._launch import KernelLaunch, run_all
+from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 D_V = 512  # V width and the first (power-of-two) piece of K for both model types
 D_ROPE = 64  # the second piece of K when d_qk == 576
@@ -169,30 +173,56 @@ def _sparse_prefill_kernel(
     tl.store(lse_ptr + stat, lse, mask=head_ok)
 
 
-def _launch_config(h_q: int, interpreted: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_H, BLOCK_K, num_warps, num_stages) for this head count and mode."""
-    if interpreted:
-        # the interpreter pays per operation, not per element: few large programs are fastest
-        return max(16, min(64, triton.next_power_of_2(h_q))), 64, 4, 1
-    # compiled: the [BLOCK_H, 512] f32 accumulator lives in registers; for sm_90, 32 x 32 tiles
-    # with 8 warps compile without spills (64 heads spill: ~4.5 KB of stack per thread)
-    return max(16, min(32, triton.next_power_of_2(h_q))), 32, 8, 1
+@dataclasses.dataclass(frozen=True)
+class SparsePrefillTiles:
+    """Tile sizes of one compiled launch, with the shared memory they compile to for sm_90."""
+
+    block_h: int  # query heads per program: the M dim of the dots
+    block_k: int  # index-list entries per step
+    num_warps: int
+    num_stages: int
+    smem_sm90: int  # bytes, from `python -m mlaverify.kernels.inspect` (tests/kernels/test_inspect.py checks it)
 
 
-def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
-    """Launch the kernel on already validated inputs; returns (out, max_logits, lse)."""
+# Compiled candidates, best first; a target takes the first whose shared memory fits its per-block limit.
+# sm_90: 32 x 32 tiles with 8 warps compile without spills (64 heads spill ~4.5 KB of stack per thread).
+COMPILED_TILES = (
+    SparsePrefillTiles(32, 32, 8, 1, smem_sm90=102400),
+    SparsePrefillTiles(16, 32, 4, 1, smem_sm90=0),
+)
+# The interpreter pays per operation, not per element: few large programs are fastest.
+INTERPRETER_BLOCK_K = 64
+
+
+def launch_tiles(h_q: int, target: GpuTarget) -> SparsePrefillTiles:
+    """The tiles of a launch with h_q heads on `target`; ValueError when no candidate fits its shared memory."""
+    if target is INTERPRETER:
+        return SparsePrefillTiles(max(16, min(64, triton.next_power_of_2(h_q))), INTERPRETER_BLOCK_K, 4, 1, 0)
+    for tiles in COMPILED_TILES:
+        if tiles.block_h > max(16, triton.next_power_of_2(h_q)):
+            continue  # more heads per program than the call has: padding work
+        if tiles.smem_sm90 <= target.smem_per_block:
+            return tiles
+    raise ValueError(
+        f"sparse prefill: no tile configuration fits {target.name}'s {target.smem_per_block} bytes of shared "
+        f"memory per block (smallest needs {min(t.smem_sm90 for t in COMPILED_TILES)})"
+    )
+
+
+def sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length, target: GpuTarget):
+    """(launches, (out, max_logits, lse)) for validated inputs (real or meta tensors) on `target`."""
     s_q, h_q, d_qk = q.shape
     s_kv, topk = kv.shape[0], indices.shape[-1]
     out = torch.empty((s_q, h_q, D_V), dtype=torch.bfloat16, device=q.device)
     max_logits = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
     lse = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
     if s_q == 0 or h_q == 0:
-        return out, max_logits, lse
-    interpreted = _runtime.INTERPRETED
-    block_h, block_k, num_warps, num_stages = _launch_config(h_q, interpreted)
+        return [], (out, max_logits, lse)
+    interpreted = target is INTERPRETER
+    t = launch_tiles(h_q, target)
     # s_q sits on grid axis 0 (limit 2^31 - 1); axes 1 and 2 are capped at 65535
-    grid = (s_q, triton.cdiv(h_q, block_h))
-    _sparse_prefill_kernel[grid](
+    grid = (s_q, triton.cdiv(h_q, t.block_h))
+    args = (
         q, kv, indices,
         topk_length if topk_length is not None else indices,
         attn_sink if attn_sink is not None else max_logits,
@@ -202,13 +232,21 @@ def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
         kv.stride(0), kv.stride(2),
         indices.stride(0), indices.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        HAS_ROPE=d_qk == D_V + D_ROPE,
-        HAS_TOPK_LEN=topk_length is not None,
-        HAS_SINK=attn_sink is not None,
-        DV=D_V, DR=D_ROPE, BLOCK_H=block_h, BLOCK_K=block_k, UPCAST=interpreted,
-        num_warps=num_warps, num_stages=num_stages,
     )
-    return out, max_logits, lse
+    constexprs = dict(
+        HAS_ROPE=d_qk == D_V + D_ROPE, HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+        DV=D_V, DR=D_ROPE, BLOCK_H=t.block_h, BLOCK_K=t.block_k, UPCAST=interpreted,
+    )
+    launch = KernelLaunch("sparse_prefill", _sparse_prefill_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
+    return [launch], (out, max_logits, lse)
+
+
+def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
+    """Launch the kernel on already validated inputs; returns (out, max_logits, lse)."""
+    launches, outputs = sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length,
+                                            target_of_device(q.device))
+    run_all(launches)
+    return outputs
 
 
 def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None):
