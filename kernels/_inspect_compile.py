@@ -42,7 +42,7 @@ class LoopMma:
 @dataclasses.dataclass(frozen=True)
 class CompiledResources:
     registers: int  # per thread
-    local_bytes: int  # per thread: spills and stack
+    local_bytes: int  # per thread: stack frame (where ptxas spills) or local memory, the larger
     shared_bytes: int  # dynamic shared memory the launch requests (Triton metadata)
     num_warps: int
     num_stages: int
@@ -101,7 +101,7 @@ def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
     match = re.search(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
     if match is None:
         raise RuntimeError(f"cuobjdump: no resource line for {name} in:\n{text}")
-    return int(match.group(2)), int(match.group(5))
+    return int(match.group(2)), max(int(match.group(3)), int(match.group(5)))  # spills live in the stack frame
 
 
 _MMA_PATTERNS = (
