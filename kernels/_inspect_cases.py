@@ -135,10 +135,11 @@ def _mha_cases() -> list[Case]:
 
 
 def all_cases(full: bool = True) -> list[Case]:
-    """Every production case; with ``full=False`` one batch size per sparse decode record (the largest)."""
+    """Every production case; with ``full=False`` two batch sizes per sparse decode record: the smallest
+    (split, with the combine kernel) and the largest (one split)."""
     cases = []
     for rec in configs.SPARSE_DECODE:
-        batches = rec.batch_sizes if full else (max(rec.batch_sizes),)
+        batches = rec.batch_sizes if full else sorted({min(rec.batch_sizes), max(rec.batch_sizes)})
         cases += [_sparse_decode_case(rec, b) for b in batches]
     cases += [_sparse_prefill_case(rec) for rec in configs.SPARSE_PREFILL]
     cases += [_dense_decode_case(rec) for rec in configs.DENSE_DECODE]

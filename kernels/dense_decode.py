@@ -198,7 +198,7 @@ class DenseDecodeTiles:
 
 # Compiled for sm_90: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles without spills at
 # 16 rows x 4 warps and 32 rows x 8 warps; the combine keeps 16 heads x 512 in f32.
-COMPILED_TILES_FEW_ROWS = DenseDecodeTiles(16, 32, 4, 1, 16, smem_sm90=0)
+COMPILED_TILES_FEW_ROWS = DenseDecodeTiles(16, 32, 4, 1, 16, smem_sm90=83968)  # also the sm_86/89 tiles
 COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 1, 16, smem_sm90=102400)
 
 

@@ -69,7 +69,13 @@ def collect_in_process(target_name: str, presets=None, full: bool = True) -> dic
     target = get_target(target_name)
     rows = []
     for case in select(presets, full):
-        for launch in case.build(target):
+        try:
+            launches = case.build(target)
+        except ValueError as exc:  # the wrapper refuses this target before launch: say so in the report
+            rows.append({"case": case.name, "preset": case.preset, "op": case.op, "shape": case.shape,
+                         "kernel": case.op, "unsupported": str(exc)})
+            continue
+        for launch in launches:
             res = compile_launch(launch, target)
             rows.append(_row(case, launch, target, res, counted_flops_per_iteration(launch, case)))
     return {"target": dataclasses.asdict(target), "rows": rows}
@@ -80,7 +86,10 @@ def collect(target_name: str = "sm_90", presets=None, full: bool = True, env: di
 
     ``env``: extra environment variables for the child (e.g. a kernel option switch).
     """
+    from ._inspect_cases import select
+
     get_target(target_name)  # fail early on a bad name
+    select(presets)  # ... and on a bad preset name
     if not _runtime.INTERPRETED and not env:
         return collect_in_process(target_name, presets, full)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +120,9 @@ def format_table(report: dict) -> str:
              "main-loop MMA per iter | bar | cp.async | issued/counted |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        if "unsupported" in r:
+            lines.append(f"| {r['case']} | {r['kernel']} | not supported on this target: {r['unsupported']} |")
+            continue
         main = r["main_loop"]
         mma = "-" if main is None else (
             f"{main['kind']} " + ", ".join(f"{n}x{s}" for s, n in sorted(main["shapes"].items())))
@@ -137,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", default="sm_90", choices=sorted(TARGETS))
     parser.add_argument("--preset", action="append", help="preset name (repeatable); default: all")
     parser.add_argument("--all-batches", action="store_true",
-                        help="every batch size of the sparse decode records (default: the largest only)")
+                        help="every batch size of the sparse decode records (default: the smallest and the largest)")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="print no table")
     parser.add_argument(_WORKER_FLAG, dest="in_process", action="store_true", help=argparse.SUPPRESS)

@@ -51,17 +51,28 @@ class _Tiles:
     block_n: int  # keys per tile
     num_warps: int  # ignored by the interpreter
     num_stages: int  # software-pipelining depth (compiled mode)
+    smem_sm90: int = 0  # shared memory of the sm_90 build (d_qk 192), from `python -m mlaverify.kernels.inspect`
 
 
 # Compiled mode (Hopper-class GPU): picked from ptxas register/spill reports for sm_90 with
 # d_qk = 192, not yet from timings on a GPU. Interpreter: 16 x 16 tiles so that tiny test shapes
 # still cross several blocks, diagonal blocks and partial blocks.
-_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2), "dkdv": _Tiles(64, 32, 8, 2), "dq": _Tiles(64, 64, 8, 2)}
+_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2, 131072), "dkdv": _Tiles(64, 32, 8, 2, 70144),
+              "dq": _Tiles(64, 64, 8, 2, 126976)}
 _INTERPRETER_TILES = _Tiles(16, 16, 1, 1)
 
 
 def _tiles(kind: str, target: GpuTarget) -> _Tiles:
-    return _INTERPRETER_TILES if target is INTERPRETER else _GPU_TILES[kind]
+    """The tiles of kernel `kind` on `target`; ValueError when they need more shared memory than it has."""
+    if target is INTERPRETER:
+        return _INTERPRETER_TILES
+    tiles = _GPU_TILES[kind]
+    if tiles.smem_sm90 > target.smem_per_block:
+        raise ValueError(
+            f"mha prefill {kind}: tiles {tiles.block_m}x{tiles.block_n} need {tiles.smem_sm90} bytes of shared "
+            f"memory per block, more than {target.name}'s {target.smem_per_block}; this target is not supported"
+        )
+    return tiles
 
 
 def _pieces(shapes: MhaPrefillShapes) -> tuple[int, int]:

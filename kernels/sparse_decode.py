@@ -240,12 +240,19 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
     block_n = 32  # sm_90 build at BLOCK_H 64: 156 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
-    smem = SMEM_SM90.get(block_h, 0) if target is not INTERPRETER else 0
-    if smem > target.smem_per_block:
+    if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
         raise ValueError(
-            f"sparse decode: BLOCK_H={block_h} (h_q={h_q}) x BLOCK_N={block_n} needs {smem} bytes of shared "
-            f"memory per block, more than {target.name}'s {target.smem_per_block}; this target is not supported"
+            f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
+            "later in Triton 3.9"
         )
+    if target is not INTERPRETER:
+        fits = [h for h, smem in SMEM_SM90.items() if h <= block_h and smem <= target.smem_per_block]
+        if not fits:
+            raise ValueError(
+                f"sparse decode: no head tile fits {target.name}'s {target.smem_per_block} bytes of shared memory "
+                f"per block at BLOCK_N={block_n} (BLOCK_H 16 needs {SMEM_SM90[16]})"
+            )
+        block_h = max(fits)  # fewer heads per program where the target has less shared memory
     programs = b * s_q * math.ceil(h_q / block_h)
     if num_splits is None:
         want = math.ceil(2 * target.sm_count / programs)
@@ -257,9 +264,12 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2)
 
 
-# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the largest of the V32 and
-# MODEL1 builds), from `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks it.
-SMEM_SM90 = {64: 156288, 32: 0, 16: 0}
+# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the larger of the V32 and
+# MODEL1 builds: 64 -> 156,288 / 147,584; 32 -> 57,984 / 118,912; 16 -> 39,552 / 100,480), from
+# `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
+SMEM_SM90 = {64: 156288, 32: 118912, 16: 100480}
+# Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
+MIN_CAPABILITY = 89
 
 
 def _byte_view(cache: torch.Tensor) -> torch.Tensor:

@@ -187,8 +187,8 @@ class SparsePrefillTiles:
 # Compiled candidates, best first; a target takes the first whose shared memory fits its per-block limit.
 # sm_90: 32 x 32 tiles with 8 warps compile without spills (64 heads spill ~4.5 KB of stack per thread).
 COMPILED_TILES = (
-    SparsePrefillTiles(32, 32, 8, 1, smem_sm90=102400),
-    SparsePrefillTiles(16, 32, 4, 1, smem_sm90=0),
+    SparsePrefillTiles(32, 32, 8, 1, smem_sm90=102400),  # V32; MODEL1 (no RoPE piece) 98,304
+    SparsePrefillTiles(16, 32, 4, 1, smem_sm90=83968),  # fits sm_86/89's 99 KB (sm_86 build: 83,968 B too)
 )
 # The interpreter pays per operation, not per element: few large programs are fastest.
 INTERPRETER_BLOCK_K = 64

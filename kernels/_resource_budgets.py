@@ -1,0 +1,57 @@
+"""Resource budgets of the sm_90 builds at the production shapes, checked by tests/kernels/test_inspect.py.
+
+One row per kernel launch (``KernelLaunch.name``). The numbers are today's truth from
+``python -m mlaverify.kernels.inspect --target sm_90`` (the README has the table), each with
+the reason it is what it is; a change that makes a kernel worse fails CI with the numbers,
+a change that makes it better should lower the budget here. Shared memory has no budget: it
+must fit the target's per-block limit, always.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    max_spill_bytes: int  # per thread (stack frame)
+    mma: tuple  # main-loop MMA kinds accepted; () = the kernel has no MMA loop
+    max_ratio: float | None  # tensor-core FLOPs issued / FLOPs counted per main-loop iteration
+    reason: str
+
+
+# Ratios: exact multiples of the tile work, so the budget is the value itself (+0.005 for the
+# printed rounding, never to admit more work).
+SM90_BUDGETS = {
+    "sparse_decode.split": Budget(
+        816, ("wgmma",), 2.005,
+        "255 registers: the [64, 512] f32 accumulator plus the [32, 512] dequantized keys; MODEL1 spills "
+        "664-808 B, V32 464-576 B. Ratio 2: both warpgroups compute the whole QK product (Triton splits "
+        "the 64-row wgmma tile by N only for the PV dot) and P @ V runs twice (p_hi + p_lo).",
+    ),
+    "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
+    "sparse_prefill": Budget(
+        0, ("mma.sync",), 2.005,
+        "mma.sync, not wgmma: 32-head tiles are below wgmma's 64-row M (64 heads spill ~4.5 KB with "
+        "hi + lo P). Ratio 2: P @ V twice (hi + lo), and QK by both warp rows of the 8 warps.",
+    ),
+    "dense_decode.split": Budget(
+        0, ("mma.sync",), 2.005,
+        "mma.sync at 32 (or 16) query rows per program, as sparse prefill; ratio 1.47 at 16 rows x 4 "
+        "warps (P @ V twice), 2.0 at 32 rows x 8 warps (QK duplicated across warps as well).",
+    ),
+    "dense_decode.combine": Budget(0, (), None, "no tensor-core work"),
+    "mha_prefill.fwd": Budget(0, ("wgmma",), 1.405, "ratio (192 + 2 x 128) / 320: P @ V twice (hi + lo)"),
+    "mha_prefill.bwd_preprocess": Budget(0, (), None, "no tensor-core work: rowsum(dout * out)"),
+    "mha_prefill.bwd_dkdv": Budget(
+        32, ("mma.sync",), 1.205,
+        "64 x 32 tiles: the 32 keys owned by a program are below wgmma's M of 64, so mma.sync. Ratio "
+        "against the backward's 2.5x forward count: S, dP, dV (hi + lo), dK (hi + lo) = 960 / 800.",
+    ),
+    "mha_prefill.bwd_dq": Budget(
+        184, ("wgmma",), 1.525,
+        "255 registers with dq0/dq1 f32 accumulators and the recomputed P/dS; ratio: S, dP, dQ (hi + lo) "
+        "= 704 / 800 of the backward count, times ~1.7 for the 64-row tile run by two warpgroups. The "
+        "backward's op ratio is dkdv + dq = 2.73.",
+    ),
+}
