@@ -87,6 +87,7 @@ def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo
 def _mha_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV_out,  # dk like k, dv like v; lse and delta [h_q, total_q] float32
     cu_q, cu_k,  # int32 [batch + 1]
+    blocks_per_seq,  # key blocks per sequence: grid axis 0 is (sequence, key block), no 65,535 cap on batch
     stride_qt, stride_qh, stride_qd,  # q strides (token, head, dim)
     stride_kt, stride_kh, stride_kd,  # k strides
     stride_vt, stride_vh, stride_vd,  # v strides
@@ -103,9 +104,9 @@ def _mha_bwd_dkdv_kernel(
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
 ):
     tl.static_assert(D1 > 0)
-    pid_n = tl.program_id(0)
-    seq = tl.program_id(1)
-    kvh = tl.program_id(2)
+    seq = tl.program_id(0) // blocks_per_seq
+    pid_n = tl.program_id(0) % blocks_per_seq
+    kvh = tl.program_id(1)
     q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     n0 = pid_n * BLOCK_N
     if n0 >= s_k:
@@ -130,8 +131,8 @@ def _mha_bwd_dkdv_kernel(
         h = kvh * GROUP + g
         Q_h = Q + h * stride_qh
         DO_h = DO + h * stride_dh
-        Lse_h = Lse + h * stride_lh
-        Delta_h = Delta + h * stride_lh
+        Lse_h = Lse + h.to(tl.int64) * stride_lh  # h * total_q: int64
+        Delta_h = Delta + h.to(tl.int64) * stride_lh
         for m0 in range(lo, tl.minimum(full_lo, hi), BLOCK_M):  # diagonal edge, masked
             dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
                                                m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
@@ -191,6 +192,7 @@ def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_
 def _mha_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,  # dq like q
     cu_q, cu_k,  # int32 [batch + 1]
+    blocks_per_seq,  # query blocks per sequence: grid axis 0 is (sequence, query block)
     stride_qt, stride_qh, stride_qd,  # q strides
     stride_kt, stride_kh, stride_kd,  # k strides
     stride_vt, stride_vh, stride_vd,  # v strides
@@ -204,9 +206,9 @@ def _mha_bwd_dq_kernel(
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
 ):
     tl.static_assert(D1 > 0)
-    pid_m = tl.program_id(0)
-    seq = tl.program_id(1)
-    h = tl.program_id(2)
+    seq = tl.program_id(0) // blocks_per_seq
+    pid_m = tl.program_id(0) % blocks_per_seq
+    h = tl.program_id(1)
     q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= s_q:
@@ -222,8 +224,9 @@ def _mha_bwd_dq_kernel(
     q1 = tl.load(Q + q_rows + offs_d1[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + (q_lo + offs_m)[:, None] * stride_dt + h * stride_dh + tl.arange(0, DV)[None, :] * stride_dd,
                  mask=row_ok[:, None], other=0.0)
-    lse2 = tl.load(Lse + h * stride_lh + (q_lo + offs_m) * stride_lt, mask=row_ok, other=float("inf")) * LOG2E
-    delta = tl.load(Delta + h * stride_lh + (q_lo + offs_m) * stride_lt, mask=row_ok, other=0.0)
+    lse_off = h.to(tl.int64) * stride_lh + (q_lo + offs_m) * stride_lt  # h * total_q: int64
+    lse2 = tl.load(Lse + lse_off, mask=row_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + lse_off, mask=row_ok, other=0.0)
     dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
 

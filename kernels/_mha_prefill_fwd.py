@@ -155,6 +155,7 @@ def _mha_fwd_kernel(
     Q, K, V, Out, Lse,  # q [total_q, h_q, D0 + D1], k [total_k, h_kv, D0 + D1], v [total_k, h_kv, DV]
     OutLo,  # like Out: out - round(out), written when STORE_LO (the backward's exact delta needs it)
     cu_q, cu_k,  # int32 [batch + 1] prefix sums of the sequence lengths
+    blocks_per_seq,  # query blocks per sequence: grid axis 0 is (sequence, query block), no 65,535 cap on batch
     stride_qt, stride_qh, stride_qd,  # q strides (token, head, dim)
     stride_kt, stride_kh, stride_kd,  # k strides
     stride_vt, stride_vh, stride_vd,  # v strides
@@ -171,9 +172,9 @@ def _mha_fwd_kernel(
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding (see _mma, _round16)
 ):
     tl.static_assert(D1 > 0)
-    pid_m = tl.program_id(0)
-    seq = tl.program_id(1)
-    h = tl.program_id(2)
+    seq = tl.program_id(0) // blocks_per_seq
+    pid_m = tl.program_id(0) % blocks_per_seq  # query blocks of a sequence run side by side
+    h = tl.program_id(1)
     q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= s_q:
@@ -215,7 +216,7 @@ def _mha_fwd_kernel(
     if STORE_LO:  # OutLo has Out's strides
         out_lo = _round16(out - out_hi.to(tl.float32), Out.dtype.element_ty, UPCAST)
         tl.store(OutLo + o_offs, out_lo, mask=row_ok[:, None])
-    tl.store(Lse + h * stride_lh + (q_lo + offs_m) * stride_lt, lse, mask=row_ok)
+    tl.store(Lse + h.to(tl.int64) * stride_lh + (q_lo + offs_m) * stride_lt, lse, mask=row_ok)  # h * total_q: int64
 
 
 @triton.jit
@@ -233,7 +234,7 @@ def _mha_bwd_preprocess_kernel(
     badly on rows with few keys and dq/dk miss the spec's elementwise bound.
     """
     offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    h = tl.program_id(1)
+    h = tl.program_id(1).to(tl.int64)  # h * stride_lh (= total_q) passes 2^31 on long batches
     offs_v = tl.arange(0, DV)
     row_ok = offs_m < total_q
     o_offs = offs_m[:, None] * stride_ot + h * stride_oh + offs_v[None, :] * stride_od

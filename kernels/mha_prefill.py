@@ -104,9 +104,11 @@ def mha_forward_plan(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float
     t = _tiles("fwd", target)
     d0, d1 = _pieces(shapes)
     window, switches = _split_mask(mask)
+    blocks = triton.cdiv(shapes.max_seqlen_q, t.block_m)
+    # (sequence, query block) on axis 0 (limit 2^31 - 1): the batch is not capped at 65,535
     launch = KernelLaunch(
-        "mha_prefill.fwd", _mha_fwd_kernel, (triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q),
-        (q, k, v, out, lse_buf, out if out_lo is None else out_lo, cu_q, cu_k,
+        "mha_prefill.fwd", _mha_fwd_kernel, (blocks * shapes.batch, shapes.h_q),
+        (q, k, v, out, lse_buf, out if out_lo is None else out_lo, cu_q, cu_k, blocks,
          *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_buf.stride(),
          scale * math.log2(math.e), *window),
         dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **switches,
@@ -140,10 +142,10 @@ def mha_backward_plan(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPr
     )]
     scale_log2 = scale * math.log2(math.e)
     t = _tiles("dkdv", target)
+    blocks = triton.cdiv(shapes.max_seqlen_k, t.block_n)
     launches.append(KernelLaunch(
-        "mha_prefill.bwd_dkdv", _mha_bwd_dkdv_kernel,
-        (triton.cdiv(shapes.max_seqlen_k, t.block_n), shapes.batch, shapes.h_kv),
-        (q, k, v, dout, lse_buf, delta, dk, dv, cu_q, cu_k,
+        "mha_prefill.bwd_dkdv", _mha_bwd_dkdv_kernel, (blocks * shapes.batch, shapes.h_kv),
+        (q, k, v, dout, lse_buf, delta, dk, dv, cu_q, cu_k, blocks,
          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dk.stride(), *dv.stride(),
          scale, scale_log2, *window),
         dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **switches, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
@@ -151,10 +153,10 @@ def mha_backward_plan(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPr
         t.num_warps, t.num_stages,
     ))
     t = _tiles("dq", target)
+    blocks = triton.cdiv(shapes.max_seqlen_q, t.block_m)
     launches.append(KernelLaunch(
-        "mha_prefill.bwd_dq", _mha_bwd_dq_kernel,
-        (triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q),
-        (q, k, v, dout, lse_buf, delta, dq, cu_q, cu_k,
+        "mha_prefill.bwd_dq", _mha_bwd_dq_kernel, (blocks * shapes.batch, shapes.h_q),
+        (q, k, v, dout, lse_buf, delta, dq, cu_q, cu_k, blocks,
          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dq.stride(),
          scale, scale_log2, *window),
         dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **switches, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
