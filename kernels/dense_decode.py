@@ -29,6 +29,7 @@ import triton.language as tl
 from mlaverify.kernels.sparse_prefill import _dot, _online_softmax_step, _round
 from mlaverify.reference.validation import check_dense_decode_inputs
 
+from ._checks import resolve_check_inputs
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
@@ -275,14 +276,15 @@ def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, c
     return outputs
 
 
-def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal):
+def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, check_inputs=None):
     """Dense decode: out [b, s_q, h_q, 512] in q's dtype and lse [b, h_q, s_q] float32 (natural log).
 
     Sequence i attends to its first cache_seqlens[i] tokens; query head h reads KV head
     h // (h_q // h_kv); with ``causal``, query j sees tokens t <= len - s_q + j. A query with no
-    visible token gives out 0 and lse +inf.
+    visible token gives out 0 and lse +inf. ``check_inputs``: see ``mlaverify.kernels._checks``.
     """
-    check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v)
+    check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                              check_values=resolve_check_inputs(check_inputs))
     if softmax_scale is not None and (
         isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale)
     ):

@@ -29,6 +29,7 @@ import triton.language as tl
 from mlaverify.reference.model_type import ModelType
 from mlaverify.reference.validation import SparseDecodeShapes, check_sparse_decode_inputs
 
+from ._checks import resolve_check_inputs
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
@@ -296,14 +297,17 @@ def sparse_decode(
     extra_topk_length: torch.Tensor | None = None,
     head_dim_v: int = 512,
     num_splits: int | None = None,
+    check_inputs: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse FP8 decode: out [b, s_q, h_q, 512] bf16 and lse [b, h_q, s_q] float32.
 
     Same arguments and semantics as ``mlaverify.reference.sparse_decode_reference``; inputs are
     checked by the reference's validation. ``num_splits`` overrides the split count (tests).
+    ``check_inputs``: see ``mlaverify.kernels._checks`` (False: no check reads tensor values).
     """
     shapes = check_sparse_decode_inputs(
-        q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices, extra_topk_length, head_dim_v
+        q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices, extra_topk_length, head_dim_v,
+        check_values=resolve_check_inputs(check_inputs),
     )
     device = _runtime.require_same_device({
         "q": q, "k_cache": k_cache, "indices": indices, "topk_length": topk_length, "attn_sink": attn_sink,

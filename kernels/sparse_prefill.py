@@ -23,6 +23,7 @@ import triton.language as tl
 
 from mlaverify.reference.validation import check_sparse_prefill_inputs
 
+from ._checks import resolve_check_inputs
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
@@ -249,12 +250,14 @@ def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
     return outputs
 
 
-def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None):
+def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None, *, check_inputs=None):
     """FlashMLA's sparse prefill: (out [s_q, h_q, 512] bf16, max_logits [s_q, h_q] f32, lse [s_q, h_q] f32).
 
     ``max_logits`` and ``lse`` are natural-log quantities of the scaled logits ``sm_scale * <q, k>``.
+    ``check_inputs`` (keyword-only extension): see ``mlaverify.kernels._checks``.
     """
-    check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length)
+    check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length,
+                                check_values=resolve_check_inputs(check_inputs))
     if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
         raise TypeError(f"sm_scale: expected a finite python float, got {sm_scale!r}")
     _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
