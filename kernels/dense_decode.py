@@ -30,6 +30,7 @@ from mlaverify.kernels.sparse_prefill import _dot, _online_softmax_step, _round
 from mlaverify.reference.validation import check_dense_decode_inputs
 
 from ._checks import resolve_check_inputs
+from ._options import p_split
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
@@ -64,6 +65,7 @@ def _dense_decode_split_kernel(
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # cache tokens per step
     UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
+    P_SPLIT: tl.constexpr,  # P @ V with P as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(BLOCK_M >= 16)  # tl.dot needs >= 16 rows when compiled
     tl.static_assert(BLOCK_N >= 16)
@@ -114,7 +116,7 @@ def _dense_decode_split_kernel(
             visible = t_ok[None, :] & (t[None, :] < limit[:, None])
             scores = tl.where(visible, scores * sm_scale, float("-inf"))
 
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST)  # V = K[:, :512]
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST, P_SPLIT)  # V = K[:, :512]
 
         seen = l_i > 0.0
         l_safe = tl.where(seen, l_i, 1.0)
@@ -251,7 +253,7 @@ def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, cau
          k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
          block_table.stride(0), block_table.stride(1)),
         dict(CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
-             BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted),
+             BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted, P_SPLIT=p_split()),
         t.num_warps, t.num_stages,
     )
     combine = KernelLaunch(

@@ -34,6 +34,7 @@ from mlaverify.reference.mha_prefill import (
 )
 
 from ._launch import KernelLaunch, run_all
+from ._options import p_split
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 from ._mha_prefill_bwd import _mha_bwd_dkdv_kernel, _mha_bwd_dq_kernel
 from ._mha_prefill_fwd import _mha_bwd_preprocess_kernel, _mha_fwd_kernel
@@ -57,7 +58,7 @@ class _Tiles:
 # Compiled mode (Hopper-class GPU): picked from ptxas register/spill reports for sm_90 with
 # d_qk = 192, not yet from timings on a GPU. Interpreter: 16 x 16 tiles so that tiny test shapes
 # still cross several blocks, diagonal blocks and partial blocks.
-_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2, 131072), "dkdv": _Tiles(64, 32, 8, 2, 70144),
+_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2, 131072), "dkdv": _Tiles(64, 32, 8, 2, 66048),
               "dq": _Tiles(64, 64, 8, 2, 126976)}
 _INTERPRETER_TILES = _Tiles(16, 16, 1, 1)
 
@@ -112,7 +113,7 @@ def mha_forward_plan(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float
          *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_buf.stride(),
          scale * math.log2(math.e), *window),
         dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **switches,
-             STORE_LO=store_lo, UPCAST=target is INTERPRETER),
+             STORE_LO=store_lo, UPCAST=target is INTERPRETER, P_SPLIT=p_split()),
         t.num_warps, t.num_stages,
     )
     return [launch], (out, lse_buf.T, out_lo)
@@ -149,7 +150,7 @@ def mha_backward_plan(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPr
          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dk.stride(), *dv.stride(),
          scale, scale_log2, *window),
         dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **switches, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-             UPCAST=interpreted),
+             UPCAST=interpreted, P_SPLIT=p_split()),
         t.num_warps, t.num_stages,
     ))
     t = _tiles("dq", target)
@@ -160,7 +161,7 @@ def mha_backward_plan(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPr
          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dq.stride(),
          scale, scale_log2, *window),
         dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **switches, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-             UPCAST=interpreted),
+             UPCAST=interpreted, P_SPLIT=p_split()),
         t.num_warps, t.num_stages,
     ))
     return launches, (dq, dk, dv)

@@ -30,6 +30,7 @@ from mlaverify.reference.model_type import ModelType
 from mlaverify.reference.validation import SparseDecodeShapes, check_sparse_decode_inputs
 
 from ._checks import resolve_check_inputs
+from ._options import p_split
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
@@ -225,6 +226,7 @@ class LaunchConfig:
     num_stages: int  # compiled mode only
     # P @ V as two bf16 dots (p = p_hi + p_lo): one bf16 rounding of P costs up to 2^-9 relative per
     # weight, which breaks the 1e-3 / 2-ulp out tolerance for short lists of unit-scale values.
+    # choose_config takes it from MLAVERIFY_P_SPLIT (mlaverify.kernels._options, default hi + lo).
     split_p: bool = True
 
 
@@ -262,7 +264,7 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
     num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
-    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2)
+    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2, split_p=p_split())
 
 
 # Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the larger of the V32 and

@@ -24,6 +24,7 @@ import triton.language as tl
 from mlaverify.reference.validation import check_sparse_prefill_inputs
 
 from ._checks import resolve_check_inputs
+from ._options import p_split
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
@@ -60,19 +61,23 @@ def _round(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _dot_pv(p, v, UPCAST: tl.constexpr):
-    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32, p carried as two 16-bit terms.
+def _dot_pv(p, v, UPCAST: tl.constexpr, P_SPLIT: tl.constexpr):
+    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32; P_SPLIT: p carried as two 16-bit terms.
 
     One 16-bit copy of p would cost up to 2^-9 relative per weight, more than the spec's
     output tolerance allows next to an unrounded reference; p_hi + p_lo carries ~2^-17.
+    Without P_SPLIT (mlaverify.kernels._options) p is rounded once, as FlashMLA does.
     """
     p_hi = _round(p, v.dtype, UPCAST)
-    p_lo = _round(p - p_hi.to(tl.float32), v.dtype, UPCAST)
-    return _dot(p_hi, v, UPCAST) + _dot(p_lo, v, UPCAST)
+    res = _dot(p_hi, v, UPCAST)
+    if P_SPLIT:
+        p_lo = _round(p - p_hi.to(tl.float32), v.dtype, UPCAST)
+        res = res + _dot(p_lo, v, UPCAST)
+    return res
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr):
+def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr, P_SPLIT: tl.constexpr):
     """Fold one block of scaled scores [M, N] (-inf where masked) and values v [N, D] into the
     running (acc, max, sum) of a natural-log online softmax."""
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -81,7 +86,7 @@ def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr):
     alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
     p = tl.exp(scores - m_shift[:, None])  # masked entries give exp(-inf) = 0
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot_pv(p, v, UPCAST)
+    acc = acc * alpha[:, None] + _dot_pv(p, v, UPCAST, P_SPLIT)
     return acc, m_new, l_i
 
 
@@ -111,6 +116,7 @@ def _sparse_prefill_kernel(
     BLOCK_H: tl.constexpr,  # query heads per program
     BLOCK_K: tl.constexpr,  # index-list entries per step
     UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
+    P_SPLIT: tl.constexpr,  # P @ V with P as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(DV == 512)
     tl.static_assert(BLOCK_H >= 16)  # tl.dot needs >= 16 rows when compiled
@@ -155,7 +161,7 @@ def _sparse_prefill_kernel(
             scores += _dot(q_rope, tl.trans(k_rope), UPCAST)
         scores = tl.where(valid[None, :], scores * sm_scale, float("-inf"))
 
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST)  # V = K[:, :512]
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST, P_SPLIT)  # V = K[:, :512]
 
     has_any = l_i > 0.0
     l_safe = tl.where(has_any, l_i, 1.0)
@@ -236,7 +242,7 @@ def sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length, target
     )
     constexprs = dict(
         HAS_ROPE=d_qk == D_V + D_ROPE, HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-        DV=D_V, DR=D_ROPE, BLOCK_H=t.block_h, BLOCK_K=t.block_k, UPCAST=interpreted,
+        DV=D_V, DR=D_ROPE, BLOCK_H=t.block_h, BLOCK_K=t.block_k, UPCAST=interpreted, P_SPLIT=p_split(),
     )
     launch = KernelLaunch("sparse_prefill", _sparse_prefill_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
     return [launch], (out, max_logits, lse)
