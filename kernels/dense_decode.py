@@ -69,12 +69,15 @@ def _dense_decode_split_kernel(
 ):
     tl.static_assert(BLOCK_M >= 16)  # tl.dot needs >= 16 rows when compiled
     tl.static_assert(BLOCK_N >= 16)
-    pid_seq = tl.program_id(0)
+    # One grid axis, (KV head, row tile) fastest: the row tiles of one (sequence, split) run side by
+    # side and read the same keys, so KV comes from HBM about once (L2 serves the other tiles).
+    n_row_tiles = tl.cdiv(rows, BLOCK_M)
+    inner = h_kv * n_row_tiles
+    pid_seq = tl.program_id(0) // inner  # = seq * n_split + split
     seq = (pid_seq // n_split).to(tl.int64)
     split = pid_seq % n_split
-    n_row_tiles = tl.cdiv(rows, BLOCK_M)
-    kvh = tl.program_id(1) // n_row_tiles
-    tile = tl.program_id(1) % n_row_tiles
+    kvh = (tl.program_id(0) % inner) // n_row_tiles
+    tile = (tl.program_id(0) % inner) % n_row_tiles
 
     seqlen = tl.load(seqlens_ptr + seq)
     start = split * split_tokens
@@ -199,18 +202,29 @@ class DenseDecodeTiles:
     smem_sm90: int  # bytes, from `python -m mlaverify.kernels.inspect` (tests/kernels/test_inspect.py checks it)
 
 
-# Compiled for sm_90: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles without spills at
-# 16 rows x 4 warps and 32 rows x 8 warps; the combine keeps 16 heads x 512 in f32.
-COMPILED_TILES_FEW_ROWS = DenseDecodeTiles(16, 32, 4, 1, 16, smem_sm90=83968)  # also the sm_86/89 tiles
-COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 1, 16, smem_sm90=102400)
+# Compiled for sm_90 with P as hi + lo: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles
+# without spills at 16 rows x 4 warps and 32 rows x 8 warps; two stages pipeline the K loads with cp.async
+# (246 registers, 0 spills, 75,776 B instead of 102,400 B at one stage). The combine keeps 16 heads x 512 in f32.
+COMPILED_TILES_FEW_ROWS = DenseDecodeTiles(16, 32, 4, 1, 16, smem_sm90=83968)  # also the sm_86/89 fallback
+COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 2, 16, smem_sm90=75776)
+# With one bf16 rounding of P (MLAVERIFY_P_SPLIT=0): 64-row wgmma tiles, 24 B of spill (3,656 B with hi + lo).
+ONE_ROUNDING_TILES = DenseDecodeTiles(64, 32, 8, 2, 16, smem_sm90=147456)
 
 
-def launch_tiles(rows: int, target: GpuTarget) -> DenseDecodeTiles:
-    """Tiles for this many query rows per KV head on `target`; ValueError when none fits its shared memory."""
+def launch_tiles(rows: int, target: GpuTarget, split_p: bool = True) -> DenseDecodeTiles:
+    """Tiles for this many query rows per KV head on `target`; ValueError when none fits its shared memory.
+
+    ``split_p``: P enters P @ V as hi + lo (the default of mlaverify.kernels._options).
+    """
     if target is INTERPRETER:
         # the interpreter pays per operation, not per element: few large programs are fastest
         return DenseDecodeTiles(max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 1, 64, 0)
-    candidates = (COMPILED_TILES_FEW_ROWS,) if rows <= 16 else (COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
+    if rows <= 16:
+        candidates = (COMPILED_TILES_FEW_ROWS,)
+    elif rows >= 64 and not split_p:
+        candidates = (ONE_ROUNDING_TILES, COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
+    else:
+        candidates = (COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
     for tiles in candidates:
         if tiles.smem_sm90 <= target.smem_per_block:
             return tiles
@@ -230,7 +244,8 @@ def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, cau
     page_block_size, h_kv = k_cache.shape[1], k_cache.shape[2]
     group, rows = h_q // h_kv, s_q * (h_q // h_kv)
     interpreted = target is INTERPRETER
-    t = launch_tiles(rows, target)
+    split_p = p_split()
+    t = launch_tiles(rows, target, split_p)
     row_tiles = triton.cdiv(rows, t.block_m)
     max_len = block_table.shape[1] * page_block_size  # validation: every length is at most this
     if split_tokens is None:
@@ -244,16 +259,16 @@ def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, cau
     out = torch.empty((b, s_q, h_q, D_V), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
-    # (sequence, split) on grid axis 0 (limit 2^31 - 1); (KV head, row tile) on axis 1
+    # (sequence, split, KV head, row tile) on grid axis 0 (limit 2^31 - 1), row tiles fastest
     split = KernelLaunch(
-        "dense_decode.split", _dense_decode_split_kernel, (b * n_split, h_kv * row_tiles),
+        "dense_decode.split", _dense_decode_split_kernel, (b * n_split * h_kv * row_tiles,),
         (q, k_cache, block_table, cache_seqlens, o_part, lse_part,
          s_q, h_kv, group, rows, n_split, split_tokens, page_block_size, scale,
          q.stride(0), q.stride(1), q.stride(2), q.stride(3),
          k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
          block_table.stride(0), block_table.stride(1)),
         dict(CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
-             BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted, P_SPLIT=p_split()),
+             BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted, P_SPLIT=split_p),
         t.num_warps, t.num_stages,
     )
     combine = KernelLaunch(

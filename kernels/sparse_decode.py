@@ -256,6 +256,10 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
                 f"per block at BLOCK_N={block_n} (BLOCK_H 16 needs {SMEM_SM90[16]})"
             )
         block_h = max(fits)  # fewer heads per program where the target has less shared memory
+    split_p = p_split()
+    one_rounding_fits = SMEM_SM90_ONE_ROUNDING_BN64 <= target.smem_per_block
+    if not split_p and target is not INTERPRETER and block_h == 64 and one_rounding_fits:
+        block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
     programs = b * s_q * math.ceil(h_q / block_h)
     if num_splits is None:
         want = math.ceil(2 * target.sm_count / programs)
@@ -264,13 +268,16 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
     num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
-    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2, split_p=p_split())
+    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2, split_p=split_p)
 
 
 # Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the larger of the V32 and
 # MODEL1 builds: 64 -> 156,288 / 147,584; 32 -> 57,984 / 118,912; 16 -> 39,552 / 100,480), from
 # `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
 SMEM_SM90 = {64: 156288, 32: 118912, 16: 100480}
+# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 181,504 / MODEL1 164,096 B (with hi + lo
+# it would need 238,848 B, over sm_90's 232,448 B per block).
+SMEM_SM90_ONE_ROUNDING_BN64 = 181504
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
 MIN_CAPABILITY = 89
 

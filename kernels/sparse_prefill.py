@@ -121,9 +121,13 @@ def _sparse_prefill_kernel(
     tl.static_assert(DV == 512)
     tl.static_assert(BLOCK_H >= 16)  # tl.dot needs >= 16 rows when compiled
     tl.static_assert(BLOCK_K >= 16)
+    # One grid axis, head tiles fastest: the tiles of one query token run side by side and gather the
+    # same kv rows, so those are read from HBM about once (L2 serves the other tiles).
     # 64-bit program ids: s_q * stride_qs overflows int32 at production sizes (s_q = 70000)
-    pid_s = tl.program_id(0).to(tl.int64)
-    pid_h = tl.program_id(1)
+    head_tiles = tl.cdiv(h_q, BLOCK_H)
+    pid = tl.program_id(0).to(tl.int64)
+    pid_s = pid // head_tiles
+    pid_h = (pid % head_tiles).to(tl.int32)
 
     heads = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = heads < h_q
@@ -192,27 +196,36 @@ class SparsePrefillTiles:
 
 
 # Compiled candidates, best first; a target takes the first whose shared memory fits its per-block limit.
-# sm_90: 32 x 32 tiles with 8 warps compile without spills (64 heads spill ~4.5 KB of stack per thread).
+# sm_90, P as hi + lo: 32 x 32 tiles with 8 warps compile without spills (64 heads spill ~3.9 KB of stack
+# per thread); two stages pipeline the kv gathers with cp.async (255 registers, 0 spills, and less shared
+# memory than one stage: 75,904 B instead of 102,400).
 COMPILED_TILES = (
-    SparsePrefillTiles(32, 32, 8, 1, smem_sm90=102400),  # V32; MODEL1 (no RoPE piece) 98,304
-    SparsePrefillTiles(16, 32, 4, 1, smem_sm90=83968),  # fits sm_86/89's 99 KB (sm_86 build: 83,968 B too)
+    SparsePrefillTiles(32, 32, 8, 2, smem_sm90=75904),  # V32; MODEL1 (no RoPE piece) needs less
+    SparsePrefillTiles(16, 32, 4, 1, smem_sm90=83968),  # smallest; MODEL1 81,920 (sm_86 build: the same)
 )
+# With one bf16 rounding of P (MLAVERIFY_P_SPLIT=0) 64-head tiles fit the registers (128 B spill instead
+# of 4,072) and use wgmma: tried first in that mode.
+ONE_ROUNDING_TILES = (SparsePrefillTiles(64, 32, 8, 2, smem_sm90=147584),)
 # The interpreter pays per operation, not per element: few large programs are fastest.
 INTERPRETER_BLOCK_K = 64
 
 
-def launch_tiles(h_q: int, target: GpuTarget) -> SparsePrefillTiles:
-    """The tiles of a launch with h_q heads on `target`; ValueError when no candidate fits its shared memory."""
+def launch_tiles(h_q: int, target: GpuTarget, split_p: bool = True) -> SparsePrefillTiles:
+    """The tiles of a launch with h_q heads on `target`; ValueError when no candidate fits its shared memory.
+
+    ``split_p``: P enters P @ V as hi + lo (the default of mlaverify.kernels._options).
+    """
     if target is INTERPRETER:
         return SparsePrefillTiles(max(16, min(64, triton.next_power_of_2(h_q))), INTERPRETER_BLOCK_K, 4, 1, 0)
-    for tiles in COMPILED_TILES:
+    candidates = COMPILED_TILES if split_p else ONE_ROUNDING_TILES + COMPILED_TILES
+    for tiles in candidates:
         if tiles.block_h > max(16, triton.next_power_of_2(h_q)):
             continue  # more heads per program than the call has: padding work
         if tiles.smem_sm90 <= target.smem_per_block:
             return tiles
     raise ValueError(
         f"sparse prefill: no tile configuration fits {target.name}'s {target.smem_per_block} bytes of shared "
-        f"memory per block (smallest needs {min(t.smem_sm90 for t in COMPILED_TILES)})"
+        f"memory per block (smallest needs {min(t.smem_sm90 for t in candidates)})"
     )
 
 
@@ -226,9 +239,10 @@ def sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length, target
     if s_q == 0 or h_q == 0:
         return [], (out, max_logits, lse)
     interpreted = target is INTERPRETER
-    t = launch_tiles(h_q, target)
-    # s_q sits on grid axis 0 (limit 2^31 - 1); axes 1 and 2 are capped at 65535
-    grid = (s_q, triton.cdiv(h_q, t.block_h))
+    split_p = p_split()
+    t = launch_tiles(h_q, target, split_p)
+    # (query token, head tile) on grid axis 0 (limit 2^31 - 1), head tiles fastest
+    grid = (s_q * triton.cdiv(h_q, t.block_h),)
     args = (
         q, kv, indices,
         topk_length if topk_length is not None else indices,
@@ -242,7 +256,7 @@ def sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length, target
     )
     constexprs = dict(
         HAS_ROPE=d_qk == D_V + D_ROPE, HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-        DV=D_V, DR=D_ROPE, BLOCK_H=t.block_h, BLOCK_K=t.block_k, UPCAST=interpreted, P_SPLIT=p_split(),
+        DV=D_V, DR=D_ROPE, BLOCK_H=t.block_h, BLOCK_K=t.block_k, UPCAST=interpreted, P_SPLIT=split_p,
     )
     launch = KernelLaunch("sparse_prefill", _sparse_prefill_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
     return [launch], (out, max_logits, lse)

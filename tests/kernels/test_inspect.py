@@ -13,8 +13,9 @@ import json
 import pytest
 import torch
 
-from mlaverify.kernels import _inspect_compile, dense_decode, inspect, mha_prefill, sparse_decode, sparse_prefill
-from mlaverify.kernels._resource_budgets import SM90_BUDGETS
+from mlaverify.kernels import _inspect_compile, _options, dense_decode, inspect, mha_prefill, sparse_decode
+from mlaverify.kernels import sparse_prefill
+from mlaverify.kernels._resource_budgets import SM90_BUDGETS, SM90_BUDGETS_ONE_ROUNDING
 from mlaverify.kernels._targets import INTERPRETER, TARGETS
 from mlaverify.reference import configs
 
@@ -59,11 +60,16 @@ def test_spills_mma_kind_and_tensor_work_within_budget(sm90):
     assert not problems, "\n".join(problems)
 
 
+def _by_kernel(report) -> dict:
+    by_kernel = {}
+    for r in _rows(report):
+        by_kernel.setdefault(r["kernel"], []).append(r)
+    return by_kernel
+
+
 def test_recorded_shared_memory_matches_the_build(sm90):
     """The smem_sm90 numbers that choose tiles for smaller targets are those of the sm_90 build."""
-    by_kernel = {}
-    for r in _rows(sm90):
-        by_kernel.setdefault(r["kernel"], []).append(r)
+    by_kernel = _by_kernel(sm90)
     prefill = max(r["shared_bytes"] for r in by_kernel["sparse_prefill"])
     assert prefill == sparse_prefill.launch_tiles(128, TARGETS["sm_90"]).smem_sm90
     split = {r["case"]: r for r in by_kernel["dense_decode.split"]}
@@ -74,12 +80,40 @@ def test_recorded_shared_memory_matches_the_build(sm90):
         assert by_kernel[kernel][0]["shared_bytes"] == mha_prefill._GPU_TILES[kind].smem_sm90
 
 
+@pytest.fixture(scope="module")
+def sm90_one_rounding():
+    """The builds with one bf16 rounding of P (MLAVERIFY_P_SPLIT=0), for the kernels whose tiles change."""
+    return inspect.collect("sm_90", presets=("v32", "prefill-v32", "prefill-model1-config1", "dense-v32"),
+                           full=False, env={_options.P_SPLIT_ENV: "0"})
+
+
+def test_one_rounding_option_builds_within_its_budgets(sm90_one_rounding):
+    problems = []
+    for r in _rows(sm90_one_rounding):
+        budget = SM90_BUDGETS_ONE_ROUNDING[r["kernel"]]
+        main = r["main_loop"]
+        kind = None if main is None else main["kind"]
+        if not r["shared_ok"] or r["spill_bytes"] > budget.max_spill_bytes or kind not in (budget.mma or (None,)):
+            problems.append(f"{r['case']} {r['kernel']}: smem {r['shared_bytes']}, spill {r['spill_bytes']}, {kind}")
+        if budget.max_ratio is not None and not (r["tensor_work_ratio"] or 99) <= budget.max_ratio:
+            problems.append(f"{r['case']} {r['kernel']}: ratio {r['tensor_work_ratio']} > {budget.max_ratio}")
+    assert not problems, "\n".join(problems)
+    by_kernel = _by_kernel(sm90_one_rounding)
+    assert max(r["shared_bytes"] for r in by_kernel["sparse_prefill"]) == sparse_prefill.ONE_ROUNDING_TILES[0].smem_sm90
+    split = {r["case"]: r for r in by_kernel["dense_decode.split"]}
+    assert split["dense-compute-bound"]["shared_bytes"] == dense_decode.ONE_ROUNDING_TILES.smem_sm90
+    decode = [r for r in by_kernel["sparse_decode.split"] if r["constexprs"]["BLOCK_N"] == 64]
+    assert decode and max(r["shared_bytes"] for r in decode) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN64
+    # the tensor-core work issued per counted FLOP drops against the default build
+    assert all(r["tensor_work_ratio"] < 1.6 for r in by_kernel["sparse_prefill"] + by_kernel["sparse_decode.split"])
+
+
 def test_launch_parameters_come_from_the_wrappers(sm90):
     """inspect reports the block sizes, warps and grid of the kernels' own launch-config functions."""
     row = next(r for r in _rows(sm90) if r["kernel"] == "sparse_prefill" and r["case"] == "prefill-v32")
     tiles = sparse_prefill.launch_tiles(128, TARGETS["sm_90"])
     assert (row["num_warps"], row["num_stages"]) == (tiles.num_warps, tiles.num_stages)
-    assert row["constexprs"]["BLOCK_H"] == tiles.block_h and row["grid"] == [4096, 128 // tiles.block_h]
+    assert row["constexprs"]["BLOCK_H"] == tiles.block_h and row["grid"] == [4096 * (128 // tiles.block_h)]
     cfg = sparse_decode.choose_config(128, 2, 128, 2048, TARGETS["sm_90"])
     row = next(r for r in _rows(sm90) if r["kernel"] == "sparse_decode.split" and r["case"] == "v32 b=128")
     assert row["num_warps"] == cfg.num_warps and row["programs"] == 128 * 2 * (128 // cfg.block_h) * cfg.num_splits
@@ -88,9 +122,10 @@ def test_launch_parameters_come_from_the_wrappers(sm90):
 @pytest.mark.parametrize("name", ["sm_86", "sm_89"])
 def test_smaller_shared_memory_targets_get_fitting_tiles_or_a_clear_error(name):
     target = TARGETS[name]  # 99 KB per block
-    tiles = sparse_prefill.launch_tiles(128, target)
-    assert tiles.smem_sm90 <= target.smem_per_block and tiles.block_h == 16
-    assert dense_decode.launch_tiles(256, target).smem_sm90 <= target.smem_per_block
+    for split_p in (True, False):
+        tiles = sparse_prefill.launch_tiles(128, target, split_p)
+        assert tiles.smem_sm90 <= target.smem_per_block and tiles.block_h == 32
+        assert dense_decode.launch_tiles(256, target, split_p).smem_sm90 <= target.smem_per_block
     if target.capability >= sparse_decode.MIN_CAPABILITY:
         cfg = sparse_decode.choose_config(128, 2, 128, 2048, target)
         assert sparse_decode.SMEM_SM90[cfg.block_h] <= target.smem_per_block and cfg.block_h == 16
