@@ -40,8 +40,15 @@ def flash_mla_with_kvcache(
     extra_indices_in_kvcache: Optional[torch.Tensor] = None,
     topk_length: Optional[torch.Tensor] = None,
     extra_topk_length: Optional[torch.Tensor] = None,
+    *,
+    check_inputs: Optional[bool] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse FP8 decode (``indices`` given) or dense decode, as FlashMLA's function of this name.
+
+    ``check_inputs`` (keyword-only extension): False skips the input checks that read tensor values
+    (index ranges, lengths, block tables), so that the call never synchronizes with the device and
+    can be captured in a CUDA graph; None takes ``MLAVERIFY_CHECK_INPUTS`` (default on). Shape,
+    dtype and stride checks always run.
 
     Returns out [b, s_q, h_q, head_dim_v] (bf16 in sparse mode, q's dtype in dense mode) and
     lse [b, h_q, s_q] float32 (natural log, +inf for a query with nothing to attend to).
@@ -54,9 +61,10 @@ def flash_mla_with_kvcache(
         return _sparse_decode(
             q, k_cache, indices, softmax_scale=softmax_scale, attn_sink=attn_sink, topk_length=topk_length,
             extra_k_cache=extra_k_cache, extra_indices=extra_indices_in_kvcache,
-            extra_topk_length=extra_topk_length, head_dim_v=head_dim_v,
+            extra_topk_length=extra_topk_length, head_dim_v=head_dim_v, check_inputs=check_inputs,
         )
-    return _dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    return _dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                         check_inputs=check_inputs)
 
 
 from .mha_prefill import (  # noqa: E402  (last: the MHA prefill kernels, owned by the mha team)

@@ -55,7 +55,8 @@ def _query_range(s_q, s_k, n0, win_left, win_right, MASK_LO: tl.constexpr, MASK_
 def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
                         win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
                         D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr, MASK_LO: tl.constexpr,
-                        MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr):
+                        MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr,
+                        P_SPLIT: tl.constexpr):
     """Add the contribution of query rows [m0, m0 + BLOCK_M) of one head to a key block's dk, dv."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < s_q
@@ -75,11 +76,11 @@ def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo
             p_t = tl.where(offs_n[:, None] <= diag + win_right, p_t, 0.0)
         if MASK_LO:
             p_t = tl.where(offs_n[:, None] >= diag - win_left, p_t, 0.0)
-    dv = _mma_split(p_t, do, dv, UPCAST)  # dV += P^T dO
+    dv = _mma_split(p_t, do, dv, UPCAST, P_SPLIT)  # dV += P^T dO
     dp_t = _mma(v, tl.trans(do), None, UPCAST)  # dP^T = (dO V^T)^T
     ds_t = p_t * (dp_t - delta[None, :])  # dS^T = P^T * (dP^T - delta)
-    dk0 = _mma_split(ds_t, q0, dk0, UPCAST)  # dK += dS^T Q (times softmax_scale at the end)
-    dk1 = _mma_split(ds_t, q1, dk1, UPCAST)
+    dk0 = _mma_split(ds_t, q0, dk0, UPCAST, P_SPLIT)  # dK += dS^T Q (times softmax_scale at the end)
+    dk1 = _mma_split(ds_t, q1, dk1, UPCAST, P_SPLIT)
     return dk0, dk1, dv
 
 
@@ -87,6 +88,7 @@ def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo
 def _mha_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV_out,  # dk like k, dv like v; lse and delta [h_q, total_q] float32
     cu_q, cu_k,  # int32 [batch + 1]
+    blocks_per_seq,  # key blocks per sequence: grid axis 0 is (sequence, key block), no 65,535 cap on batch
     stride_qt, stride_qh, stride_qd,  # q strides (token, head, dim)
     stride_kt, stride_kh, stride_kd,  # k strides
     stride_vt, stride_vh, stride_vd,  # v strides
@@ -101,11 +103,12 @@ def _mha_bwd_dkdv_kernel(
     MASK_LO: tl.constexpr, MASK_HI: tl.constexpr,  # left (sliding window) / right (causal) bound on keys
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # query rows per step / keys owned by the program
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
+    P_SPLIT: tl.constexpr,  # P and dS as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(D1 > 0)
-    pid_n = tl.program_id(0)
-    seq = tl.program_id(1)
-    kvh = tl.program_id(2)
+    seq = tl.program_id(0) // blocks_per_seq
+    pid_n = tl.program_id(0) % blocks_per_seq
+    kvh = tl.program_id(1)
     q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     n0 = pid_n * BLOCK_N
     if n0 >= s_k:
@@ -130,23 +133,23 @@ def _mha_bwd_dkdv_kernel(
         h = kvh * GROUP + g
         Q_h = Q + h * stride_qh
         DO_h = DO + h * stride_dh
-        Lse_h = Lse + h * stride_lh
-        Delta_h = Delta + h * stride_lh
+        Lse_h = Lse + h.to(tl.int64) * stride_lh  # h * total_q: int64
+        Delta_h = Delta + h.to(tl.int64) * stride_lh
         for m0 in range(lo, tl.minimum(full_lo, hi), BLOCK_M):  # diagonal edge, masked
             dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
                                                m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
                                                stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, True,
-                                               BLOCK_M, UPCAST)
+                                               BLOCK_M, UPCAST, P_SPLIT)
         for m0 in range(full_lo, full_hi, BLOCK_M):  # rows that see the whole block, no mask
             dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
                                                m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
                                                stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, False,
-                                               BLOCK_M, UPCAST)
+                                               BLOCK_M, UPCAST, P_SPLIT)
         for m0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_M):  # left window edge, masked
             dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
                                                m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
                                                stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, True,
-                                               BLOCK_M, UPCAST)
+                                               BLOCK_M, UPCAST, P_SPLIT)
 
     dk_rows = (k_lo + offs_n)[:, None] * stride_gkt + kvh * stride_gkh
     tl.store(DK + dk_rows + offs_d0[None, :] * stride_gkd, _round16(dk0 * softmax_scale, DK.dtype.element_ty, UPCAST),
@@ -161,7 +164,8 @@ def _mha_bwd_dkdv_kernel(
 def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left, win_right,
                       stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
                       D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr, MASK_LO: tl.constexpr,
-                      MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+                      MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+                      P_SPLIT: tl.constexpr):
     """Add key block [n0, n0 + BLOCK_N) to the dq of one query block."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     k_rows = (k_lo + offs_n)[:, None] * stride_kt
@@ -182,8 +186,8 @@ def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_
         p = tl.where(_visible(offs_m, offs_n, s_q, s_k, win_left, win_right, MASK_LO, MASK_HI), p, 0.0)
     dp = _mma(do, tl.trans(v), None, UPCAST)  # dP = dO V^T
     ds = p * (dp - delta[:, None])  # dS = P * (dP - delta)
-    dq0 = _mma_split(ds, k0, dq0, UPCAST)  # dQ += dS K (times softmax_scale at the end)
-    dq1 = _mma_split(ds, k1, dq1, UPCAST)
+    dq0 = _mma_split(ds, k0, dq0, UPCAST, P_SPLIT)  # dQ += dS K (times softmax_scale at the end)
+    dq1 = _mma_split(ds, k1, dq1, UPCAST, P_SPLIT)
     return dq0, dq1
 
 
@@ -191,6 +195,7 @@ def _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_
 def _mha_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,  # dq like q
     cu_q, cu_k,  # int32 [batch + 1]
+    blocks_per_seq,  # query blocks per sequence: grid axis 0 is (sequence, query block)
     stride_qt, stride_qh, stride_qd,  # q strides
     stride_kt, stride_kh, stride_kd,  # k strides
     stride_vt, stride_vh, stride_vd,  # v strides
@@ -202,11 +207,12 @@ def _mha_bwd_dq_kernel(
     GROUP: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
     MASK_LO: tl.constexpr, MASK_HI: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding
+    P_SPLIT: tl.constexpr,  # P and dS as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(D1 > 0)
-    pid_m = tl.program_id(0)
-    seq = tl.program_id(1)
-    h = tl.program_id(2)
+    seq = tl.program_id(0) // blocks_per_seq
+    pid_m = tl.program_id(0) % blocks_per_seq
+    h = tl.program_id(1)
     q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= s_q:
@@ -222,8 +228,9 @@ def _mha_bwd_dq_kernel(
     q1 = tl.load(Q + q_rows + offs_d1[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + (q_lo + offs_m)[:, None] * stride_dt + h * stride_dh + tl.arange(0, DV)[None, :] * stride_dd,
                  mask=row_ok[:, None], other=0.0)
-    lse2 = tl.load(Lse + h * stride_lh + (q_lo + offs_m) * stride_lt, mask=row_ok, other=float("inf")) * LOG2E
-    delta = tl.load(Delta + h * stride_lh + (q_lo + offs_m) * stride_lt, mask=row_ok, other=0.0)
+    lse_off = h.to(tl.int64) * stride_lh + (q_lo + offs_m) * stride_lt  # h * total_q: int64
+    lse2 = tl.load(Lse + lse_off, mask=row_ok, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + lse_off, mask=row_ok, other=0.0)
     dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
 
@@ -233,15 +240,15 @@ def _mha_bwd_dq_kernel(
     for n0 in range(lo, tl.minimum(full_lo, hi), BLOCK_N):  # left window edge, masked
         dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
                                      win_left, win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                     D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
+                                     D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST, P_SPLIT)
     for n0 in range(full_lo, full_hi, BLOCK_N):  # seen by every row, no mask
         dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
                                      win_left, win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                     D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_N, UPCAST)
+                                     D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_N, UPCAST, P_SPLIT)
     for n0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_N):  # diagonal / end of sequence, masked
         dq0, dq1 = _mha_bwd_dq_block(dq0, dq1, q0, q1, do, lse2, delta, K_h, V_h, k_lo, s_k, s_q, n0, offs_m,
                                      win_left, win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                     D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
+                                     D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST, P_SPLIT)
 
     dq_rows = (q_lo + offs_m)[:, None] * stride_gqt + h * stride_gqh
     tl.store(DQ + dq_rows + offs_d0[None, :] * stride_gqd, _round16(dq0 * softmax_scale, DQ.dtype.element_ty, UPCAST),

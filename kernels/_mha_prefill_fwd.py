@@ -60,17 +60,19 @@ def _mma(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _mma_split(x, b, acc, UPCAST: tl.constexpr):
+def _mma_split(x, b, acc, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
     """acc + x @ b for a float32 ``x`` (probabilities, dS) carried as two 16-bit terms hi + lo.
 
     One 16-bit copy of x costs up to 2^-9 relative per term, enough to break the spec's
     elementwise 1e-3 absolute bound next to an unrounded reference on short sequences;
-    hi + lo carries about 2^-17.
+    hi + lo carries about 2^-17. Without SPLIT (MLAVERIFY_P_SPLIT=0) x is rounded once.
     """
     hi = _round16(x, b.dtype, UPCAST)
-    lo = _round16(x - hi.to(tl.float32), b.dtype, UPCAST)
     acc = _mma(hi, b, acc, UPCAST)
-    return _mma(lo, b, acc, UPCAST)
+    if SPLIT:
+        lo = _round16(x - hi.to(tl.float32), b.dtype, UPCAST)
+        acc = _mma(lo, b, acc, UPCAST)
+    return acc
 
 
 @triton.jit
@@ -118,7 +120,7 @@ def _mha_fwd_block(acc, l_i, m_i, q0, q1, K, V, k_lo, s_k, s_q, n0, offs_m, win_
                    stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
                    D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr,
                    MASK_LO: tl.constexpr, MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
-                   UPCAST: tl.constexpr):
+                   UPCAST: tl.constexpr, P_SPLIT: tl.constexpr):
     """Fold key block [n0, n0 + BLOCK_N) into the running (acc, l_i, m_i) of one query block."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, D0)
@@ -146,7 +148,7 @@ def _mha_fwd_block(acc, l_i, m_i, q0, q1, K, V, k_lo, s_k, s_q, n0, offs_m, win_
     alpha = tl.math.exp2(m_i - m_safe)  # rescale of what was accumulated so far
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    acc = _mma_split(p, v, acc, UPCAST)
+    acc = _mma_split(p, v, acc, UPCAST, P_SPLIT)
     return acc, l_i, m_new
 
 
@@ -155,6 +157,7 @@ def _mha_fwd_kernel(
     Q, K, V, Out, Lse,  # q [total_q, h_q, D0 + D1], k [total_k, h_kv, D0 + D1], v [total_k, h_kv, DV]
     OutLo,  # like Out: out - round(out), written when STORE_LO (the backward's exact delta needs it)
     cu_q, cu_k,  # int32 [batch + 1] prefix sums of the sequence lengths
+    blocks_per_seq,  # query blocks per sequence: grid axis 0 is (sequence, query block), no 65,535 cap on batch
     stride_qt, stride_qh, stride_qd,  # q strides (token, head, dim)
     stride_kt, stride_kh, stride_kd,  # k strides
     stride_vt, stride_vh, stride_vd,  # v strides
@@ -169,11 +172,12 @@ def _mha_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # query rows / keys per tile
     STORE_LO: tl.constexpr,  # also write the rounding residual of out to OutLo
     UPCAST: tl.constexpr,  # interpreted launch: float32 dots and hand rounding (see _mma, _round16)
+    P_SPLIT: tl.constexpr,  # P and dS as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(D1 > 0)
-    pid_m = tl.program_id(0)
-    seq = tl.program_id(1)
-    h = tl.program_id(2)
+    seq = tl.program_id(0) // blocks_per_seq
+    pid_m = tl.program_id(0) % blocks_per_seq  # query blocks of a sequence run side by side
+    h = tl.program_id(1)
     q_lo, s_q, k_lo, s_k = _sequence_bounds(cu_q, cu_k, seq)
     m0 = pid_m * BLOCK_M
     if m0 >= s_q:
@@ -196,15 +200,15 @@ def _mha_fwd_kernel(
     for n0 in range(lo, tl.minimum(full_lo, hi), BLOCK_N):  # left window edge, masked
         acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left,
                                        win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                       D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
+                                       D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST, P_SPLIT)
     for n0 in range(full_lo, full_hi, BLOCK_N):  # seen by every row, no mask
         acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left,
                                        win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                       D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_N, UPCAST)
+                                       D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_N, UPCAST, P_SPLIT)
     for n0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_N):  # diagonal / end of sequence, masked
         acc, l_i, m_i = _mha_fwd_block(acc, l_i, m_i, q0, q1, K_h, V_h, k_lo, s_k, s_q, n0, offs_m, win_left,
                                        win_right, stride_kt, stride_kd, stride_vt, stride_vd, scale_log2,
-                                       D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST)
+                                       D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_N, UPCAST, P_SPLIT)
 
     empty = l_i == 0.0  # no visible key: out 0, lse +inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -215,7 +219,7 @@ def _mha_fwd_kernel(
     if STORE_LO:  # OutLo has Out's strides
         out_lo = _round16(out - out_hi.to(tl.float32), Out.dtype.element_ty, UPCAST)
         tl.store(OutLo + o_offs, out_lo, mask=row_ok[:, None])
-    tl.store(Lse + h * stride_lh + (q_lo + offs_m) * stride_lt, lse, mask=row_ok)
+    tl.store(Lse + h.to(tl.int64) * stride_lh + (q_lo + offs_m) * stride_lt, lse, mask=row_ok)  # h * total_q: int64
 
 
 @triton.jit
@@ -233,7 +237,7 @@ def _mha_bwd_preprocess_kernel(
     badly on rows with few keys and dq/dk miss the spec's elementwise bound.
     """
     offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    h = tl.program_id(1)
+    h = tl.program_id(1).to(tl.int64)  # h * stride_lh (= total_q) passes 2^31 on long batches
     offs_v = tl.arange(0, DV)
     row_ok = offs_m < total_q
     o_offs = offs_m[:, None] * stride_ot + h * stride_oh + offs_v[None, :] * stride_od

@@ -17,7 +17,7 @@ and permuting the batch permutes the outputs bit for bit.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 from mlaverify.kernels import _runtime  # first: it selects compiled vs interpreted mode
 
@@ -27,6 +27,11 @@ import triton.language as tl
 
 from mlaverify.kernels.sparse_prefill import _dot, _online_softmax_step, _round
 from mlaverify.reference.validation import check_dense_decode_inputs, check_softmax_scale
+
+from ._checks import resolve_check_inputs
+from ._options import p_split
+from ._launch import KernelLaunch, run_all
+from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
 D_ROPE = 64  # the second piece of K when d == 576
@@ -59,15 +64,19 @@ def _dense_decode_split_kernel(
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # cache tokens per step
     UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
+    P_SPLIT: tl.constexpr,  # P @ V with P as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(BLOCK_M >= 16)  # tl.dot needs >= 16 rows when compiled
     tl.static_assert(BLOCK_N >= 16)
-    pid_seq = tl.program_id(0)
+    # One grid axis, (KV head, row tile) fastest: the row tiles of one (sequence, split) run side by
+    # side and read the same keys, so KV comes from HBM about once (L2 serves the other tiles).
+    n_row_tiles = tl.cdiv(rows, BLOCK_M)
+    inner = h_kv * n_row_tiles
+    pid_seq = tl.program_id(0) // inner  # = seq * n_split + split
     seq = (pid_seq // n_split).to(tl.int64)
     split = pid_seq % n_split
-    n_row_tiles = tl.cdiv(rows, BLOCK_M)
-    kvh = tl.program_id(1) // n_row_tiles
-    tile = tl.program_id(1) % n_row_tiles
+    kvh = (tl.program_id(0) % inner) // n_row_tiles
+    tile = (tl.program_id(0) % inner) % n_row_tiles
 
     seqlen = tl.load(seqlens_ptr + seq)
     start = split * split_tokens
@@ -109,7 +118,7 @@ def _dense_decode_split_kernel(
             visible = t_ok[None, :] & (t[None, :] < limit[:, None])
             scores = tl.where(visible, scores * sm_scale, float("-inf"))
 
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST)  # V = K[:, :512]
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST, P_SPLIT)  # V = K[:, :512]
 
         seen = l_i > 0.0
         l_safe = tl.where(seen, l_i, 1.0)
@@ -180,33 +189,68 @@ def _split_tokens(b: int, h_kv: int, row_tiles: int, max_len: int, block_n: int,
     return triton.cdiv(per_split, block_n) * block_n
 
 
-def _launch_config(rows: int, interpreted: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, split num_warps, combine BLOCK_H) for this many query rows per KV head."""
-    if interpreted:
+@dataclasses.dataclass(frozen=True)
+class DenseDecodeTiles:
+    """Tile sizes of the split kernel (and the combine's head tile), with the split's sm_90 shared memory."""
+
+    block_m: int  # query rows (token, head) per program
+    block_n: int  # cache tokens per step
+    num_warps: int
+    num_stages: int
+    combine_block_h: int  # heads per combine program
+    smem_sm90: int  # bytes, from `python -m mlaverify.kernels.inspect` (tests/kernels/test_inspect.py checks it)
+
+
+# Compiled for sm_90 with P as hi + lo: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles
+# without spills at 16 rows x 4 warps and 32 rows x 8 warps; two stages pipeline the K loads with cp.async
+# (246 registers, 0 spills, 75,776 B instead of 102,400 B at one stage). The combine keeps 16 heads x 512 in f32.
+COMPILED_TILES_FEW_ROWS = DenseDecodeTiles(16, 32, 4, 1, 16, smem_sm90=83968)  # also the sm_86/89 fallback
+COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 2, 16, smem_sm90=75776)
+# With one bf16 rounding of P (MLAVERIFY_P_SPLIT=0): 64-row wgmma tiles, 24 B of spill (3,656 B with hi + lo).
+ONE_ROUNDING_TILES = DenseDecodeTiles(64, 32, 8, 2, 16, smem_sm90=147456)
+
+
+def launch_tiles(rows: int, target: GpuTarget, split_p: bool = True) -> DenseDecodeTiles:
+    """Tiles for this many query rows per KV head on `target`; ValueError when none fits its shared memory.
+
+    ``split_p``: P enters P @ V as hi + lo (the default of mlaverify.kernels._options).
+    """
+    if target is INTERPRETER:
         # the interpreter pays per operation, not per element: few large programs are fastest
-        return max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 64
-    # compiled for sm_90: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles without
-    # spills at 16 rows x 4 warps and 32 rows x 8 warps; the combine keeps 16 heads x 512 in f32
-    block_m = 16 if rows <= 16 else 32
-    return block_m, 32, (4 if block_m == 16 else 8), 16
+        return DenseDecodeTiles(max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 1, 64, 0)
+    if rows <= 16:
+        candidates = (COMPILED_TILES_FEW_ROWS,)
+    elif rows >= 64 and not split_p:
+        candidates = (ONE_ROUNDING_TILES, COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
+    else:
+        candidates = (COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
+    for tiles in candidates:
+        if tiles.smem_sm90 <= target.smem_per_block:
+            return tiles
+    raise ValueError(
+        f"dense decode: no tile configuration fits {target.name}'s {target.smem_per_block} bytes of shared "
+        f"memory per block (smallest needs {min(t.smem_sm90 for t in candidates)})"
+    )
 
 
-def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, split_tokens=None):
-    """Launch split + combine on validated inputs; returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
+def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, target: GpuTarget,
+                      split_tokens=None):
+    """(launches, (out, lse)) for validated inputs (real or meta tensors) on `target`.
 
     ``split_tokens`` (a multiple of the launch's BLOCK_N) overrides the shape-derived split size.
     """
     b, s_q, h_q, d = q.shape
     page_block_size, h_kv = k_cache.shape[1], k_cache.shape[2]
     group, rows = h_q // h_kv, s_q * (h_q // h_kv)
-    interpreted = _runtime.INTERPRETED
-    block_m, block_n, num_warps, block_h = _launch_config(rows, interpreted)
-    row_tiles = triton.cdiv(rows, block_m)
+    interpreted = target is INTERPRETER
+    split_p = p_split()
+    t = launch_tiles(rows, target, split_p)
+    row_tiles = triton.cdiv(rows, t.block_m)
     max_len = block_table.shape[1] * page_block_size  # validation: every length is at most this
     if split_tokens is None:
-        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, block_n, _runtime.parallelism(q.device))
-    elif split_tokens < 1 or split_tokens % block_n:
-        raise ValueError(f"split_tokens: expected a positive multiple of BLOCK_N={block_n}, got {split_tokens}")
+        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, t.block_n, target.sm_count)
+    elif split_tokens < 1 or split_tokens % t.block_n:
+        raise ValueError(f"split_tokens: expected a positive multiple of BLOCK_N={t.block_n}, got {split_tokens}")
     n_split = triton.cdiv(max(max_len, 1), split_tokens)
 
     o_part = torch.empty((b, n_split, h_kv, rows, D_V), dtype=torch.float32, device=q.device)
@@ -214,33 +258,49 @@ def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, c
     out = torch.empty((b, s_q, h_q, D_V), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
-    # (sequence, split) on grid axis 0 (limit 2^31 - 1); (KV head, row tile) on axis 1
-    _dense_decode_split_kernel[(b * n_split, h_kv * row_tiles)](
-        q, k_cache, block_table, cache_seqlens, o_part, lse_part,
-        s_q, h_kv, group, rows, n_split, split_tokens, page_block_size, scale,
-        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
-        block_table.stride(0), block_table.stride(1),
-        CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
-        BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=interpreted, num_warps=num_warps, num_stages=1,
+    # (sequence, split, KV head, row tile) on grid axis 0 (limit 2^31 - 1), row tiles fastest
+    split = KernelLaunch(
+        "dense_decode.split", _dense_decode_split_kernel, (b * n_split * h_kv * row_tiles,),
+        (q, k_cache, block_table, cache_seqlens, o_part, lse_part,
+         s_q, h_kv, group, rows, n_split, split_tokens, page_block_size, scale,
+         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+         block_table.stride(0), block_table.stride(1)),
+        dict(CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
+             BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted, P_SPLIT=split_p),
+        t.num_warps, t.num_stages,
     )
-    _dense_decode_combine_kernel[(b * s_q, triton.cdiv(h_q, block_h))](
-        o_part, lse_part, cache_seqlens, out, lse,
-        s_q, h_q, h_kv, group, n_split, split_tokens,
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        DV=D_V, BLOCK_H=block_h, UPCAST=interpreted, num_warps=4,
+    combine = KernelLaunch(
+        "dense_decode.combine", _dense_decode_combine_kernel, (b * s_q, triton.cdiv(h_q, t.combine_block_h)),
+        (o_part, lse_part, cache_seqlens, out, lse,
+         s_q, h_q, h_kv, group, n_split, split_tokens,
+         out.stride(0), out.stride(1), out.stride(2), out.stride(3)),
+        dict(DV=D_V, BLOCK_H=t.combine_block_h, UPCAST=interpreted),
+        4, None,
     )
-    return out, lse
+    return [split, combine], (out, lse)
 
 
-def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal):
+def dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, split_tokens=None):
+    """Launch split + combine on validated inputs; returns (out [b, s_q, h_q, 512], lse [b, h_q, s_q]).
+
+    ``split_tokens`` (a multiple of the launch's BLOCK_N) overrides the shape-derived split size.
+    """
+    launches, outputs = dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
+                                          target_of_device(q.device), split_tokens)
+    run_all(launches)
+    return outputs
+
+
+def dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, check_inputs=None):
     """Dense decode: out [b, s_q, h_q, 512] in q's dtype and lse [b, h_q, s_q] float32 (natural log).
 
     Sequence i attends to its first cache_seqlens[i] tokens; query head h reads KV head
     h // (h_q // h_kv); with ``causal``, query j sees tokens t <= len - s_q + j. A query with no
-    visible token gives out 0 and lse +inf.
+    visible token gives out 0 and lse +inf. ``check_inputs``: see ``mlaverify.kernels._checks``.
     """
-    check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v)
+    check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                              check_values=resolve_check_inputs(check_inputs))
     softmax_scale = check_softmax_scale(softmax_scale)
     _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
     return dense_decode_launch(q, k_cache, block_table, cache_seqlens, softmax_scale, causal)

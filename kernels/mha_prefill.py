@@ -33,6 +33,9 @@ from mlaverify.reference.mha_prefill import (
     split_qkv_packed,
 )
 
+from ._launch import KernelLaunch, run_all
+from ._options import p_split
+from ._targets import INTERPRETER, GpuTarget, target_of_device
 from ._mha_prefill_bwd import _mha_bwd_dkdv_kernel, _mha_bwd_dq_kernel
 from ._mha_prefill_fwd import _mha_bwd_preprocess_kernel, _mha_fwd_kernel
 
@@ -49,17 +52,31 @@ class _Tiles:
     block_n: int  # keys per tile
     num_warps: int  # ignored by the interpreter
     num_stages: int  # software-pipelining depth (compiled mode)
+    smem_sm90: int = 0  # shared memory of the sm_90 build (d_qk 192), from `python -m mlaverify.kernels.inspect`
 
 
 # Compiled mode (Hopper-class GPU): picked from ptxas register/spill reports for sm_90 with
 # d_qk = 192, not yet from timings on a GPU. Interpreter: 16 x 16 tiles so that tiny test shapes
 # still cross several blocks, diagonal blocks and partial blocks.
-_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2), "dkdv": _Tiles(64, 32, 8, 2), "dq": _Tiles(64, 64, 8, 2)}
+# dq at 128 query rows: each warpgroup owns 64 rows (at 64 rows both ran the whole tile): 56 B of spill
+# instead of 176, issued/counted tensor work 0.88 instead of 1.52. dk/dv at 128 keys would use wgmma but
+# spill 616 B (hi + lo dS), so it stays at 32 keys and mma.sync.
+_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2, 131072), "dkdv": _Tiles(64, 32, 8, 2, 66048),
+              "dq": _Tiles(128, 64, 8, 2, 163840)}
 _INTERPRETER_TILES = _Tiles(16, 16, 1, 1)
 
 
-def _tiles(kind: str) -> _Tiles:
-    return _INTERPRETER_TILES if _runtime.INTERPRETED else _GPU_TILES[kind]
+def _tiles(kind: str, target: GpuTarget) -> _Tiles:
+    """The tiles of kernel `kind` on `target`; ValueError when they need more shared memory than it has."""
+    if target is INTERPRETER:
+        return _INTERPRETER_TILES
+    tiles = _GPU_TILES[kind]
+    if tiles.smem_sm90 > target.smem_per_block:
+        raise ValueError(
+            f"mha prefill {kind}: tiles {tiles.block_m}x{tiles.block_n} need {tiles.smem_sm90} bytes of shared "
+            f"memory per block, more than {target.name}'s {target.smem_per_block}; this target is not supported"
+        )
+    return tiles
 
 
 def _pieces(shapes: MhaPrefillShapes) -> tuple[int, int]:
@@ -72,59 +89,100 @@ def _mask_args(mask: AttentionMask) -> dict:
                 MASK_LO=mask.left is not None, MASK_HI=mask.right is not None)
 
 
-def _forward(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, store_lo: bool):
-    """(out, lse, out_lo): out_lo = out's rounding residual when store_lo (for the backward), else None."""
+def _split_mask(mask: AttentionMask) -> tuple[tuple, dict]:
+    args = _mask_args(mask)
+    return (args.pop("win_left"), args.pop("win_right")), args
+
+
+def mha_forward_plan(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask,
+                     store_lo: bool, target: GpuTarget):
+    """(launches, (out, lse, out_lo)) for validated inputs (real or meta tensors) on `target`.
+
+    out_lo = out's rounding residual when store_lo (for the backward), else None.
+    """
     out = torch.empty(shapes.total_q, shapes.h_q, shapes.d_v, dtype=q.dtype, device=q.device)
     out_lo = torch.empty_like(out) if store_lo else None
     lse_buf = torch.empty(shapes.h_q, shapes.total_q, dtype=torch.float32, device=q.device)  # lse.T is returned
     if shapes.total_q == 0:
-        return out, lse_buf.T, out_lo
-    t = _tiles("fwd")
+        return [], (out, lse_buf.T, out_lo)
+    t = _tiles("fwd", target)
     d0, d1 = _pieces(shapes)
-    grid = (triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q)
-    _mha_fwd_kernel[grid](
-        q, k, v, out, lse_buf, out if out_lo is None else out_lo, cu_q, cu_k,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_buf.stride(),
-        scale * math.log2(math.e),
-        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **_mask_args(mask),
-        STORE_LO=store_lo, UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
+    window, switches = _split_mask(mask)
+    blocks = triton.cdiv(shapes.max_seqlen_q, t.block_m)
+    # (sequence, query block) on axis 0 (limit 2^31 - 1): the batch is not capped at 65,535
+    launch = KernelLaunch(
+        "mha_prefill.fwd", _mha_fwd_kernel, (blocks * shapes.batch, shapes.h_q),
+        (q, k, v, out, lse_buf, out if out_lo is None else out_lo, cu_q, cu_k, blocks,
+         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_buf.stride(),
+         scale * math.log2(math.e), *window),
+        dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **switches,
+             STORE_LO=store_lo, UPCAST=target is INTERPRETER, P_SPLIT=p_split()),
+        t.num_warps, t.num_stages,
     )
-    return out, lse_buf.T, out_lo
+    return [launch], (out, lse_buf.T, out_lo)
 
 
-def _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float,
-              mask: AttentionMask):
+def mha_backward_plan(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float,
+                      mask: AttentionMask, target: GpuTarget):
+    """(launches, (dq, dk, dv)) for validated inputs (real or meta tensors) on `target`.
+
+    With no query or no key token there is nothing to launch and the gradients are zero.
+    """
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     if shapes.total_q == 0 or shapes.total_k == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return [], (dq.zero_(), dk.zero_(), dv.zero_())
+    interpreted = target is INTERPRETER
     lse_buf = lse.T  # [h_q, total_q] view of the forward's buffer
     delta = torch.empty(shapes.h_q, shapes.total_q, dtype=torch.float32, device=q.device)
     d0, d1 = _pieces(shapes)
-    pre = 64 if not _runtime.INTERPRETED else 16
-    _mha_bwd_preprocess_kernel[(triton.cdiv(shapes.total_q, pre), shapes.h_q)](
-        out, out_lo, dout, delta, shapes.total_q, *out.stride(), *dout.stride(), *delta.stride(),
-        DV=shapes.d_v, BLOCK_M=pre,
-    )
+    window, switches = _split_mask(mask)
+    pre = 16 if interpreted else 64
+    launches = [KernelLaunch(
+        "mha_prefill.bwd_preprocess", _mha_bwd_preprocess_kernel, (triton.cdiv(shapes.total_q, pre), shapes.h_q),
+        (out, out_lo, dout, delta, shapes.total_q, *out.stride(), *dout.stride(), *delta.stride()),
+        dict(DV=shapes.d_v, BLOCK_M=pre),
+    )]
     scale_log2 = scale * math.log2(math.e)
-    t = _tiles("dkdv")
-    _mha_bwd_dkdv_kernel[(triton.cdiv(shapes.max_seqlen_k, t.block_n), shapes.batch, shapes.h_kv)](
-        q, k, v, dout, lse_buf, delta, dk, dv, cu_q, cu_k,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dk.stride(), *dv.stride(),
-        scale, scale_log2,
-        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **_mask_args(mask), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-        UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
-    )
-    t = _tiles("dq")
-    _mha_bwd_dq_kernel[(triton.cdiv(shapes.max_seqlen_q, t.block_m), shapes.batch, shapes.h_q)](
-        q, k, v, dout, lse_buf, delta, dq, cu_q, cu_k,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dq.stride(),
-        scale, scale_log2,
-        GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **_mask_args(mask), BLOCK_M=t.block_m, BLOCK_N=t.block_n,
-        UPCAST=_runtime.INTERPRETED, num_warps=t.num_warps, num_stages=t.num_stages,
-    )
-    return dq, dk, dv
+    t = _tiles("dkdv", target)
+    blocks = triton.cdiv(shapes.max_seqlen_k, t.block_n)
+    launches.append(KernelLaunch(
+        "mha_prefill.bwd_dkdv", _mha_bwd_dkdv_kernel, (blocks * shapes.batch, shapes.h_kv),
+        (q, k, v, dout, lse_buf, delta, dk, dv, cu_q, cu_k, blocks,
+         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dk.stride(), *dv.stride(),
+         scale, scale_log2, *window),
+        dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **switches, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+             UPCAST=interpreted, P_SPLIT=p_split()),
+        t.num_warps, t.num_stages,
+    ))
+    t = _tiles("dq", target)
+    blocks = triton.cdiv(shapes.max_seqlen_q, t.block_m)
+    launches.append(KernelLaunch(
+        "mha_prefill.bwd_dq", _mha_bwd_dq_kernel, (blocks * shapes.batch, shapes.h_q),
+        (q, k, v, dout, lse_buf, delta, dq, cu_q, cu_k, blocks,
+         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *lse_buf.stride(), *dq.stride(),
+         scale, scale_log2, *window),
+        dict(GROUP=shapes.group, D0=d0, D1=d1, DV=shapes.d_v, **switches, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+             UPCAST=interpreted, P_SPLIT=p_split()),
+        t.num_warps, t.num_stages,
+    ))
+    return launches, (dq, dk, dv)
+
+
+def _forward(q, k, v, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, store_lo: bool):
+    launches, outputs = mha_forward_plan(q, k, v, cu_q, cu_k, shapes, scale, mask, store_lo,
+                                         target_of_device(q.device))
+    run_all(launches)
+    return outputs
+
+
+def _backward(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes: MhaPrefillShapes, scale: float,
+              mask: AttentionMask):
+    launches, outputs = mha_backward_plan(dout, q, k, v, out, out_lo, lse, cu_q, cu_k, shapes, scale, mask,
+                                          target_of_device(q.device))
+    run_all(launches)
+    return outputs
 
 
 class _FlashAttnVarlen(torch.autograd.Function):

@@ -27,7 +27,12 @@ import triton
 import triton.language as tl
 
 from mlaverify.reference.model_type import ModelType
-from mlaverify.reference.validation import check_softmax_scale, check_sparse_decode_inputs
+from mlaverify.reference.validation import SparseDecodeShapes, check_softmax_scale, check_sparse_decode_inputs
+
+from ._checks import resolve_check_inputs
+from ._options import p_split
+from ._launch import KernelLaunch, run_all
+from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 from ._sparse_decode_fp8 import bf16_operand, load_model1_keys, load_v32_keys, round_to_bf16, store_bf16
 
@@ -221,6 +226,7 @@ class LaunchConfig:
     num_stages: int  # compiled mode only
     # P @ V as two bf16 dots (p = p_hi + p_lo): one bf16 rounding of P costs up to 2^-9 relative per
     # weight, which breaks the 1e-3 / 2-ulp out tolerance for short lists of unit-scale values.
+    # choose_config takes it from MLAVERIFY_P_SPLIT (mlaverify.kernels._options, default hi + lo).
     split_p: bool = True
 
 
@@ -228,23 +234,52 @@ MAX_SPLITS = 64  # the combine kernel reads all partial lse of a row at once
 MIN_STEPS_PER_SPLIT = 4  # a split shorter than this many BLOCK_N steps costs more than it saves
 
 
-def choose_config(b: int, s_q: int, h_q: int, total_topk: int, device: torch.device, num_splits=None) -> LaunchConfig:
+def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget, num_splits=None) -> LaunchConfig:
     """Heads per program up to 64, and enough splits to give the device ~2 waves of programs.
 
-    The choice depends on (b, s_q, h_q, topk + extra_topk) and the device only, so a sequence's
-    result never depends on what its batch mates contain.
+    The choice depends on (b, s_q, h_q, topk + extra_topk) and the target only, so a sequence's
+    result never depends on what its batch mates contain. ValueError when the tiles do not fit
+    the target's shared memory per block.
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
     block_n = 32  # sm_90 build at BLOCK_H 64: 156 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
+    if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
+        raise ValueError(
+            f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
+            "later in Triton 3.9"
+        )
+    if target is not INTERPRETER:
+        fits = [h for h, smem in SMEM_SM90.items() if h <= block_h and smem <= target.smem_per_block]
+        if not fits:
+            raise ValueError(
+                f"sparse decode: no head tile fits {target.name}'s {target.smem_per_block} bytes of shared memory "
+                f"per block at BLOCK_N={block_n} (BLOCK_H 16 needs {SMEM_SM90[16]})"
+            )
+        block_h = max(fits)  # fewer heads per program where the target has less shared memory
+    split_p = p_split()
+    one_rounding_fits = SMEM_SM90_ONE_ROUNDING_BN64 <= target.smem_per_block
+    if not split_p and target is not INTERPRETER and block_h == 64 and one_rounding_fits:
+        block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
     programs = b * s_q * math.ceil(h_q / block_h)
     if num_splits is None:
-        want = math.ceil(2 * _runtime.parallelism(device) / programs)
+        want = math.ceil(2 * target.sm_count / programs)
         useful = math.ceil(total_topk / (MIN_STEPS_PER_SPLIT * block_n))
         num_splits = max(1, min(want, useful, MAX_SPLITS))
     elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
     num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
-    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2)
+    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2, split_p=split_p)
+
+
+# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the larger of the V32 and
+# MODEL1 builds: 64 -> 156,288 / 147,584; 32 -> 57,984 / 118,912; 16 -> 39,552 / 100,480), from
+# `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
+SMEM_SM90 = {64: 156288, 32: 118912, 16: 100480}
+# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 181,504 / MODEL1 164,096 B (with hi + lo
+# it would need 238,848 B, over sm_90's 232,448 B per block).
+SMEM_SM90_ONE_ROUNDING_BN64 = 181504
+# Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
+MIN_CAPABILITY = 89
 
 
 def _byte_view(cache: torch.Tensor) -> torch.Tensor:
@@ -271,14 +306,17 @@ def sparse_decode(
     extra_topk_length: torch.Tensor | None = None,
     head_dim_v: int = 512,
     num_splits: int | None = None,
+    check_inputs: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse FP8 decode: out [b, s_q, h_q, 512] bf16 and lse [b, h_q, s_q] float32.
 
     Same arguments and semantics as ``mlaverify.reference.sparse_decode_reference``; inputs are
     checked by the reference's validation. ``num_splits`` overrides the split count (tests).
+    ``check_inputs``: see ``mlaverify.kernels._checks`` (False: no check reads tensor values).
     """
     shapes = check_sparse_decode_inputs(
-        q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices, extra_topk_length, head_dim_v
+        q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices, extra_topk_length, head_dim_v,
+        check_values=resolve_check_inputs(check_inputs),
     )
     device = _runtime.require_same_device({
         "q": q, "k_cache": k_cache, "indices": indices, "topk_length": topk_length, "attn_sink": attn_sink,
@@ -286,10 +324,26 @@ def sparse_decode(
         "extra_topk_length": extra_topk_length,
     })
     softmax_scale = check_softmax_scale(softmax_scale)
+    launches, outputs = sparse_decode_plan(
+        q, k_cache, indices, shapes, softmax_scale=softmax_scale, attn_sink=attn_sink, topk_length=topk_length,
+        extra_k_cache=extra_k_cache, extra_indices=extra_indices, extra_topk_length=extra_topk_length,
+        target=target_of_device(device), num_splits=num_splits,
+    )
+    run_all(launches)
+    return outputs
+
+
+def sparse_decode_plan(
+    q, k_cache, indices, shapes: SparseDecodeShapes, *, softmax_scale, attn_sink, topk_length, extra_k_cache,
+    extra_indices, extra_topk_length, target: GpuTarget, num_splits=None,
+):
+    """(launches, (out, lse)) for validated inputs (real or meta tensors) on `target`."""
+    device = q.device
+    interpreted = target is INTERPRETER
     b, s_q, h_q, d_qk = q.shape
-    scale = d_qk**-0.5 if softmax_scale is None else softmax_scale
+    scale = d_qk**-0.5 if softmax_scale is None else float(softmax_scale)
     has_extra = extra_k_cache is not None
-    cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, device, num_splits)
+    cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, target, num_splits)
     final = cfg.num_splits == 1
 
     out = torch.empty(b, s_q, h_q, HEAD_DIM_V, dtype=torch.bfloat16, device=device)
@@ -304,30 +358,32 @@ def sparse_decode(
     x_cache = _byte_view(extra_k_cache) if has_extra else cache
     x_idx = extra_indices if has_extra else indices
     head_tiles = triton.cdiv(h_q, cfg.block_h)
-    launch = {} if _runtime.INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    _sparse_decode_split_kernel[(b * s_q * cfg.num_splits * head_tiles,)](
-        q, q.stride(0), q.stride(1), q.stride(2),
-        cache, cache.stride(0), shapes.page_block_size,
-        indices, indices.stride(0), indices.stride(1), indices.stride(2),
-        topk_length if topk_length is not None else indices, shapes.topk,
-        x_cache, x_cache.stride(0), shapes.extra_page_block_size if has_extra else 1,
-        x_idx, x_idx.stride(0), x_idx.stride(1), x_idx.stride(2),
-        extra_topk_length if extra_topk_length is not None else x_idx, shapes.extra_topk,
-        attn_sink if attn_sink is not None else lse,
-        out, lse, part_out, part_lse,
-        s_q, h_q, cfg.num_splits, head_tiles, scale * math.log2(math.e),
-        IS_MODEL1=shapes.model_type is ModelType.MODEL1, HAS_LEN=topk_length is not None,
-        HAS_EXTRA=has_extra, HAS_X_LEN=extra_topk_length is not None,
-        HAS_SINK=attn_sink is not None, FINAL=final, SPLIT_P=cfg.split_p,
-        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, INTERPRET=_runtime.INTERPRETED, **launch,
+    split = KernelLaunch(
+        "sparse_decode.split", _sparse_decode_split_kernel, (b * s_q * cfg.num_splits * head_tiles,),
+        (q, q.stride(0), q.stride(1), q.stride(2),
+         cache, cache.stride(0), shapes.page_block_size,
+         indices, indices.stride(0), indices.stride(1), indices.stride(2),
+         topk_length if topk_length is not None else indices, shapes.topk,
+         x_cache, x_cache.stride(0), shapes.extra_page_block_size if has_extra else 1,
+         x_idx, x_idx.stride(0), x_idx.stride(1), x_idx.stride(2),
+         extra_topk_length if extra_topk_length is not None else x_idx, shapes.extra_topk,
+         attn_sink if attn_sink is not None else lse,
+         out, lse, part_out, part_lse,
+         s_q, h_q, cfg.num_splits, head_tiles, scale * math.log2(math.e)),
+        dict(IS_MODEL1=shapes.model_type is ModelType.MODEL1, HAS_LEN=topk_length is not None,
+             HAS_EXTRA=has_extra, HAS_X_LEN=extra_topk_length is not None,
+             HAS_SINK=attn_sink is not None, FINAL=final, SPLIT_P=cfg.split_p,
+             BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, INTERPRET=interpreted),
+        None if interpreted else cfg.num_warps, None if interpreted else cfg.num_stages,
     )
+    launches = [split]
     if not final:
         combine_h = min(16, cfg.block_h)
-        _sparse_decode_combine_kernel[(b * s_q, triton.cdiv(h_q, combine_h))](
-            part_out, part_lse, attn_sink if attn_sink is not None else lse, out, lse,
-            s_q, h_q, cfg.num_splits,
-            HAS_SINK=attn_sink is not None, BLOCK_H=combine_h,
-            BLOCK_S=max(2, triton.next_power_of_2(cfg.num_splits)), INTERPRET=_runtime.INTERPRETED,
-            **({} if _runtime.INTERPRETED else {"num_warps": 4}),
-        )
-    return out, lse
+        launches.append(KernelLaunch(
+            "sparse_decode.combine", _sparse_decode_combine_kernel, (b * s_q, triton.cdiv(h_q, combine_h)),
+            (part_out, part_lse, attn_sink if attn_sink is not None else lse, out, lse, s_q, h_q, cfg.num_splits),
+            dict(HAS_SINK=attn_sink is not None, BLOCK_H=combine_h,
+                 BLOCK_S=max(2, triton.next_power_of_2(cfg.num_splits)), INTERPRET=interpreted),
+            None if interpreted else 4, None,
+        ))
+    return launches, (out, lse)

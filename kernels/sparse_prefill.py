@@ -12,7 +12,7 @@ the attention sink scales ``out`` by ``1 / (1 + exp(sink - lse))`` and leaves ls
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 from mlaverify.kernels import _runtime  # first: it selects compiled vs interpreted mode
 
@@ -21,6 +21,11 @@ import triton
 import triton.language as tl
 
 from mlaverify.reference.validation import check_softmax_scale, check_sparse_prefill_inputs
+
+from ._checks import resolve_check_inputs
+from ._options import p_split
+from ._launch import KernelLaunch, run_all
+from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 D_V = 512  # V width and the first (power-of-two) piece of K for both model types
 D_ROPE = 64  # the second piece of K when d_qk == 576
@@ -55,19 +60,23 @@ def _round(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _dot_pv(p, v, UPCAST: tl.constexpr):
-    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32, p carried as two 16-bit terms.
+def _dot_pv(p, v, UPCAST: tl.constexpr, P_SPLIT: tl.constexpr):
+    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32; P_SPLIT: p carried as two 16-bit terms.
 
     One 16-bit copy of p would cost up to 2^-9 relative per weight, more than the spec's
     output tolerance allows next to an unrounded reference; p_hi + p_lo carries ~2^-17.
+    Without P_SPLIT (mlaverify.kernels._options) p is rounded once, as FlashMLA does.
     """
     p_hi = _round(p, v.dtype, UPCAST)
-    p_lo = _round(p - p_hi.to(tl.float32), v.dtype, UPCAST)
-    return _dot(p_hi, v, UPCAST) + _dot(p_lo, v, UPCAST)
+    res = _dot(p_hi, v, UPCAST)
+    if P_SPLIT:
+        p_lo = _round(p - p_hi.to(tl.float32), v.dtype, UPCAST)
+        res = res + _dot(p_lo, v, UPCAST)
+    return res
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr):
+def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr, P_SPLIT: tl.constexpr):
     """Fold one block of scaled scores [M, N] (-inf where masked) and values v [N, D] into the
     running (acc, max, sum) of a natural-log online softmax."""
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -76,7 +85,7 @@ def _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST: tl.constexpr):
     alpha = tl.exp(m_i - m_shift)  # rescales the old sums; 0 while m_i is -inf
     p = tl.exp(scores - m_shift[:, None])  # masked entries give exp(-inf) = 0
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot_pv(p, v, UPCAST)
+    acc = acc * alpha[:, None] + _dot_pv(p, v, UPCAST, P_SPLIT)
     return acc, m_new, l_i
 
 
@@ -106,13 +115,18 @@ def _sparse_prefill_kernel(
     BLOCK_H: tl.constexpr,  # query heads per program
     BLOCK_K: tl.constexpr,  # index-list entries per step
     UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
+    P_SPLIT: tl.constexpr,  # P @ V with P as hi + lo 16-bit terms (mlaverify.kernels._options)
 ):
     tl.static_assert(DV == 512)
     tl.static_assert(BLOCK_H >= 16)  # tl.dot needs >= 16 rows when compiled
     tl.static_assert(BLOCK_K >= 16)
+    # One grid axis, head tiles fastest: the tiles of one query token run side by side and gather the
+    # same kv rows, so those are read from HBM about once (L2 serves the other tiles).
     # 64-bit program ids: s_q * stride_qs overflows int32 at production sizes (s_q = 70000)
-    pid_s = tl.program_id(0).to(tl.int64)
-    pid_h = tl.program_id(1)
+    head_tiles = tl.cdiv(h_q, BLOCK_H)
+    pid = tl.program_id(0).to(tl.int64)
+    pid_s = pid // head_tiles
+    pid_h = (pid % head_tiles).to(tl.int32)
 
     heads = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = heads < h_q
@@ -150,7 +164,7 @@ def _sparse_prefill_kernel(
             scores += _dot(q_rope, tl.trans(k_rope), UPCAST)
         scores = tl.where(valid[None, :], scores * sm_scale, float("-inf"))
 
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST)  # V = K[:, :512]
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST, P_SPLIT)  # V = K[:, :512]
 
     has_any = l_i > 0.0
     l_safe = tl.where(has_any, l_i, 1.0)
@@ -169,30 +183,66 @@ def _sparse_prefill_kernel(
     tl.store(lse_ptr + stat, lse, mask=head_ok)
 
 
-def _launch_config(h_q: int, interpreted: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_H, BLOCK_K, num_warps, num_stages) for this head count and mode."""
-    if interpreted:
-        # the interpreter pays per operation, not per element: few large programs are fastest
-        return max(16, min(64, triton.next_power_of_2(h_q))), 64, 4, 1
-    # compiled: the [BLOCK_H, 512] f32 accumulator lives in registers; for sm_90, 32 x 32 tiles
-    # with 8 warps compile without spills (64 heads spill: ~4.5 KB of stack per thread)
-    return max(16, min(32, triton.next_power_of_2(h_q))), 32, 8, 1
+@dataclasses.dataclass(frozen=True)
+class SparsePrefillTiles:
+    """Tile sizes of one compiled launch, with the shared memory they compile to for sm_90."""
+
+    block_h: int  # query heads per program: the M dim of the dots
+    block_k: int  # index-list entries per step
+    num_warps: int
+    num_stages: int
+    smem_sm90: int  # bytes, from `python -m mlaverify.kernels.inspect` (tests/kernels/test_inspect.py checks it)
 
 
-def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
-    """Launch the kernel on already validated inputs; returns (out, max_logits, lse)."""
+# Compiled candidates, best first; a target takes the first whose shared memory fits its per-block limit.
+# sm_90, P as hi + lo: 32 x 32 tiles with 8 warps compile without spills (64 heads spill ~3.9 KB of stack
+# per thread); two stages pipeline the kv gathers with cp.async (255 registers, 0 spills, and less shared
+# memory than one stage: 75,904 B instead of 102,400).
+COMPILED_TILES = (
+    SparsePrefillTiles(32, 32, 8, 2, smem_sm90=75904),  # V32; MODEL1 (no RoPE piece) needs less
+    SparsePrefillTiles(16, 32, 4, 1, smem_sm90=83968),  # smallest; MODEL1 81,920 (sm_86 build: the same)
+)
+# With one bf16 rounding of P (MLAVERIFY_P_SPLIT=0) 64-head tiles fit the registers (128 B spill instead
+# of 4,072) and use wgmma: tried first in that mode.
+ONE_ROUNDING_TILES = (SparsePrefillTiles(64, 32, 8, 2, smem_sm90=147584),)
+# The interpreter pays per operation, not per element: few large programs are fastest.
+INTERPRETER_BLOCK_K = 64
+
+
+def launch_tiles(h_q: int, target: GpuTarget, split_p: bool = True) -> SparsePrefillTiles:
+    """The tiles of a launch with h_q heads on `target`; ValueError when no candidate fits its shared memory.
+
+    ``split_p``: P enters P @ V as hi + lo (the default of mlaverify.kernels._options).
+    """
+    if target is INTERPRETER:
+        return SparsePrefillTiles(max(16, min(64, triton.next_power_of_2(h_q))), INTERPRETER_BLOCK_K, 4, 1, 0)
+    candidates = COMPILED_TILES if split_p else ONE_ROUNDING_TILES + COMPILED_TILES
+    for tiles in candidates:
+        if tiles.block_h > max(16, triton.next_power_of_2(h_q)):
+            continue  # more heads per program than the call has: padding work
+        if tiles.smem_sm90 <= target.smem_per_block:
+            return tiles
+    raise ValueError(
+        f"sparse prefill: no tile configuration fits {target.name}'s {target.smem_per_block} bytes of shared "
+        f"memory per block (smallest needs {min(t.smem_sm90 for t in candidates)})"
+    )
+
+
+def sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length, target: GpuTarget):
+    """(launches, (out, max_logits, lse)) for validated inputs (real or meta tensors) on `target`."""
     s_q, h_q, d_qk = q.shape
     s_kv, topk = kv.shape[0], indices.shape[-1]
     out = torch.empty((s_q, h_q, D_V), dtype=torch.bfloat16, device=q.device)
     max_logits = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
     lse = torch.empty((s_q, h_q), dtype=torch.float32, device=q.device)
     if s_q == 0 or h_q == 0:
-        return out, max_logits, lse
-    interpreted = _runtime.INTERPRETED
-    block_h, block_k, num_warps, num_stages = _launch_config(h_q, interpreted)
-    # s_q sits on grid axis 0 (limit 2^31 - 1); axes 1 and 2 are capped at 65535
-    grid = (s_q, triton.cdiv(h_q, block_h))
-    _sparse_prefill_kernel[grid](
+        return [], (out, max_logits, lse)
+    interpreted = target is INTERPRETER
+    split_p = p_split()
+    t = launch_tiles(h_q, target, split_p)
+    # (query token, head tile) on grid axis 0 (limit 2^31 - 1), head tiles fastest
+    grid = (s_q * triton.cdiv(h_q, t.block_h),)
+    args = (
         q, kv, indices,
         topk_length if topk_length is not None else indices,
         attn_sink if attn_sink is not None else max_logits,
@@ -202,21 +252,31 @@ def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
         kv.stride(0), kv.stride(2),
         indices.stride(0), indices.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        HAS_ROPE=d_qk == D_V + D_ROPE,
-        HAS_TOPK_LEN=topk_length is not None,
-        HAS_SINK=attn_sink is not None,
-        DV=D_V, DR=D_ROPE, BLOCK_H=block_h, BLOCK_K=block_k, UPCAST=interpreted,
-        num_warps=num_warps, num_stages=num_stages,
     )
-    return out, max_logits, lse
+    constexprs = dict(
+        HAS_ROPE=d_qk == D_V + D_ROPE, HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+        DV=D_V, DR=D_ROPE, BLOCK_H=t.block_h, BLOCK_K=t.block_k, UPCAST=interpreted, P_SPLIT=split_p,
+    )
+    launch = KernelLaunch("sparse_prefill", _sparse_prefill_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
+    return [launch], (out, max_logits, lse)
 
 
-def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None):
+def sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length):
+    """Launch the kernel on already validated inputs; returns (out, max_logits, lse)."""
+    launches, outputs = sparse_prefill_plan(q, kv, indices, sm_scale, attn_sink, topk_length,
+                                            target_of_device(q.device))
+    run_all(launches)
+    return outputs
+
+
+def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None, *, check_inputs=None):
     """FlashMLA's sparse prefill: (out [s_q, h_q, 512] bf16, max_logits [s_q, h_q] f32, lse [s_q, h_q] f32).
 
     ``max_logits`` and ``lse`` are natural-log quantities of the scaled logits ``sm_scale * <q, k>``.
+    ``check_inputs`` (keyword-only extension): see ``mlaverify.kernels._checks``.
     """
-    check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length)
+    check_sparse_prefill_inputs(q, kv, indices, d_v, attn_sink, topk_length,
+                                check_values=resolve_check_inputs(check_inputs))
     sm_scale = check_softmax_scale(sm_scale, "sm_scale", required=True)
     _runtime.require_device(q, "q")  # validation has put every other tensor on q's device
     return sparse_prefill_launch(q, kv, indices, sm_scale, attn_sink, topk_length)

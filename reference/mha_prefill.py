@@ -24,7 +24,6 @@ The input checks here are the single implementation shared with ``mlaverify.kern
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 

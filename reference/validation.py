@@ -87,10 +87,13 @@ def _first(mask: torch.Tensor) -> list:
     return [int(i) for i in mask.nonzero()[0]]
 
 
-def check_lengths(lengths, name: str, batch: int, limit: int, limit_name: str, device, label: str = "b") -> None:
-    """A [batch] int32 length tensor with every value in [0, limit]."""
+def check_lengths(lengths, name: str, batch: int, limit: int, limit_name: str, device, label: str = "b",
+                  check_values: bool = True) -> None:
+    """A [batch] int32 length tensor with every value in [0, limit] (values read only if check_values)."""
     check_tensor(lengths, name, ndim=1, dtypes=(torch.int32,), device=device)
     check_shape(lengths, name, [batch], label)
+    if not check_values:  # reading values synchronizes with the device (no CUDA-graph capture)
+        return
     bad = (lengths < 0) | (lengths > limit)
     if bool(bad.any()):
         at = _first(bad)
@@ -170,8 +173,9 @@ class SparseDecodeShapes:
 
 def check_sparse_decode_inputs(
     q, k_cache, indices, topk_length=None, attn_sink=None, extra_k_cache=None, extra_indices=None,
-    extra_topk_length=None, head_dim_v: int = HEAD_DIM_V,
+    extra_topk_length=None, head_dim_v: int = HEAD_DIM_V, check_values: bool = True,
 ) -> SparseDecodeShapes:
+    """check_values=False skips the checks that read tensor values (lengths and index ranges)."""
     b, s_q, h_q, d_qk = _check_query(q, "b, s_q, h_q, d_qk", (torch.bfloat16,), SPARSE_D_QK, "sparse decode")
     dev = q.device
     _check_head_dim_v(head_dim_v, "head_dim_v")
@@ -184,11 +188,12 @@ def check_sparse_decode_inputs(
         raise ValueError(f"indices: topk (last dim) must be >= 1, got {topk}")
     check_last_dim_contiguous(indices, "indices")
     if topk_length is not None:
-        check_lengths(topk_length, "topk_length", b, topk, "topk", dev)
+        check_lengths(topk_length, "topk_length", b, topk, "topk", dev, check_values=check_values)
     if attn_sink is not None:
         check_tensor(attn_sink, "attn_sink", ndim=1, dtypes=(torch.float32,), device=dev)
         check_shape(attn_sink, "attn_sink", [h_q], "h_q")
-    check_decode_indices(indices, topk_length, k_cache.shape[0] * k_cache.shape[1], "indices")
+    if check_values:
+        check_decode_indices(indices, topk_length, k_cache.shape[0] * k_cache.shape[1], "indices")
 
     extra_topk, extra_pbs = 0, 0
     if extra_k_cache is None:
@@ -207,9 +212,11 @@ def check_sparse_decode_inputs(
             raise ValueError(f"extra_indices_in_kvcache: extra_topk (last dim) must be >= 1, got {extra_topk}")
         check_last_dim_contiguous(extra_indices, "extra_indices_in_kvcache")
         if extra_topk_length is not None:
-            check_lengths(extra_topk_length, "extra_topk_length", b, extra_topk, "extra_topk", dev)
+            check_lengths(extra_topk_length, "extra_topk_length", b, extra_topk, "extra_topk", dev,
+                          check_values=check_values)
         extra_positions = extra_k_cache.shape[0] * extra_k_cache.shape[1]
-        check_decode_indices(extra_indices, extra_topk_length, extra_positions, "extra_indices_in_kvcache")
+        if check_values:
+            check_decode_indices(extra_indices, extra_topk_length, extra_positions, "extra_indices_in_kvcache")
         extra_pbs = extra_k_cache.shape[1]
     return SparseDecodeShapes(b, s_q, h_q, d_qk, topk, extra_topk, model, k_cache.shape[1], extra_pbs)
 
@@ -223,7 +230,8 @@ class SparsePrefillShapes:
     topk: int
 
 
-def check_sparse_prefill_inputs(q, kv, indices, d_v=HEAD_DIM_V, attn_sink=None, topk_length=None) -> SparsePrefillShapes:
+def check_sparse_prefill_inputs(q, kv, indices, d_v=HEAD_DIM_V, attn_sink=None, topk_length=None,
+                                check_values: bool = True) -> SparsePrefillShapes:
     s_q, h_q, d_qk = _check_query(q, "s_q, h_q, d_qk", (torch.bfloat16,), SPARSE_D_QK, "sparse prefill")
     dev = q.device
     check_tensor(kv, "kv", ndim=3, dtypes=(torch.bfloat16,), device=dev)
@@ -240,7 +248,7 @@ def check_sparse_prefill_inputs(q, kv, indices, d_v=HEAD_DIM_V, attn_sink=None, 
     check_last_dim_contiguous(indices, "indices")
     _check_head_dim_v(d_v, "d_v")
     if topk_length is not None:
-        check_lengths(topk_length, "topk_length", s_q, topk, "topk", dev, label="s_q")
+        check_lengths(topk_length, "topk_length", s_q, topk, "topk", dev, label="s_q", check_values=check_values)
     if attn_sink is not None:
         check_tensor(attn_sink, "attn_sink", ndim=1, dtypes=(torch.float32,), device=dev)
         check_shape(attn_sink, "attn_sink", [h_q], "h_q")
@@ -258,7 +266,8 @@ class DenseDecodeShapes:
     max_blocks: int
 
 
-def check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V) -> DenseDecodeShapes:
+def check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V,
+                              check_values: bool = True) -> DenseDecodeShapes:
     b, s_q, h_q, d = _check_query(q, "b, s_q, h_q, d", (torch.bfloat16, torch.float16), DENSE_D, "dense decode")
     dev = q.device
     _check_head_dim_v(head_dim_v, "head_dim_v")
@@ -277,7 +286,10 @@ def check_dense_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v
     if block_table.shape[0] != b:
         raise ValueError(f"block_table: expected shape [b={b}, max_blocks], got {list(block_table.shape)}")
     max_blocks = block_table.shape[1]
-    check_lengths(cache_seqlens, "cache_seqlens", b, max_blocks * block_size, "max_blocks * page_block_size", dev)
+    check_lengths(cache_seqlens, "cache_seqlens", b, max_blocks * block_size, "max_blocks * page_block_size", dev,
+                  check_values=check_values)
+    if not check_values:
+        return DenseDecodeShapes(b, s_q, h_q, h_kv, d, block_size, max_blocks)
     # Block-table entries a sequence actually uses must name real blocks; the rest may be garbage.
     used = torch.arange(max_blocks, device=dev).view(1, -1) * block_size < cache_seqlens.view(-1, 1)
     bad = used & ((block_table < 0) | (block_table >= num_blocks))

@@ -1,5 +1,5 @@
-"""Shared pytest configuration: the gpu marker skips cleanly without CUDA, and xdist workers run
-torch with one intra-op thread each."""
+"""Shared pytest configuration: the gpu marker skips cleanly without CUDA, slow sweeps run only with
+-m slow, and xdist workers run torch with one intra-op thread each."""
 
 import os
 
@@ -8,6 +8,12 @@ import torch
 
 
 def pytest_collection_modifyitems(config, items):
+    # pyproject: "slow: long sweeps, not in the default run (select with -m slow)"
+    if "slow" not in (config.getoption("markexpr", "") or ""):
+        skip_slow = pytest.mark.skip(reason="slow sweep: select with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip_slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -1,0 +1,78 @@
+"""Resource budgets of the sm_90 builds at the production shapes, checked by tests/kernels/test_inspect.py.
+
+One row per kernel launch (``KernelLaunch.name``). The numbers are today's truth from
+``python -m mlaverify.kernels.inspect --target sm_90`` (the README has the table), each with
+the reason it is what it is; a change that makes a kernel worse fails CI with the numbers,
+a change that makes it better should lower the budget here. Shared memory has no budget: it
+must fit the target's per-block limit, always.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    max_spill_bytes: int  # per thread (stack frame)
+    mma: tuple  # main-loop MMA kinds accepted; () = the kernel has no MMA loop
+    max_ratio: float | None  # tensor-core FLOPs issued / FLOPs counted per main-loop iteration
+    reason: str
+
+
+# Ratios: exact multiples of the tile work, so the budget is the value itself (+0.005 for the
+# printed rounding, never to admit more work).
+SM90_BUDGETS = {
+    "sparse_decode.split": Budget(
+        816, ("wgmma",), 2.005,
+        "255 registers: the [64, 512] f32 accumulator plus the [32, 512] dequantized keys; MODEL1 spills "
+        "664-808 B, V32 464-576 B. Ratio 2: both warpgroups compute the whole QK product (Triton splits "
+        "the 64-row wgmma tile by N only for the PV dot) and P @ V runs twice (p_hi + p_lo).",
+    ),
+    "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
+    "sparse_prefill": Budget(
+        0, ("mma.sync",), 2.005,
+        "mma.sync, not wgmma: 32-head tiles are below wgmma's 64-row M (64 heads spill ~4 KB with "
+        "hi + lo P). Ratio 2: P @ V twice (hi + lo), and QK by both warp rows of the 8 warps.",
+    ),
+    "dense_decode.split": Budget(
+        0, ("mma.sync",), 2.005,
+        "mma.sync at 32 (or 16) query rows per program, as sparse prefill; ratio 1.47 at 16 rows x 4 "
+        "warps (P @ V twice), 2.0 at 32 rows x 8 warps (QK duplicated across warps as well).",
+    ),
+    "dense_decode.combine": Budget(0, (), None, "no tensor-core work"),
+    "mha_prefill.fwd": Budget(0, ("wgmma",), 1.405, "ratio (192 + 2 x 128) / 320: P @ V twice (hi + lo)"),
+    "mha_prefill.bwd_preprocess": Budget(0, (), None, "no tensor-core work: rowsum(dout * out)"),
+    "mha_prefill.bwd_dkdv": Budget(
+        32, ("mma.sync",), 1.205,
+        "64 x 32 tiles: the 32 keys owned by a program are below wgmma's M of 64, so mma.sync. Ratio "
+        "against the backward's 2.5x forward count: S, dP, dV (hi + lo), dK (hi + lo) = 960 / 800.",
+    ),
+    "mha_prefill.bwd_dq": Budget(
+        56, ("wgmma",), 0.885,
+        "128 query rows, 255 registers with dq0/dq1 f32 accumulators and the recomputed P/dS; ratio: S, dP, "
+        "dQ (hi + lo) = 704 / 800 of the backward count. The backward's op ratio is dkdv + dq = 2.08.",
+    ),
+}
+
+
+# With one bf16 rounding of P (MLAVERIFY_P_SPLIT=0) the launch-config functions pick bigger tiles; the
+# kernels whose numbers change, checked by the same test in that mode.
+SM90_BUDGETS_ONE_ROUNDING = {
+    **SM90_BUDGETS,
+    "sparse_decode.split": Budget(
+        704, ("wgmma",), 1.505 + 0.03,
+        "BLOCK_N 64 (181,504 B of shared memory); V32 600 B, MODEL1 704 B of spill. Ratio 1.53 (V32) / "
+        "1.50 (MODEL1): P @ V once, QK still computed by both warpgroups (Triton 3.9 splits the wgmma "
+        "tile of the QK dot by N across warpgroups only when N >= 64 per warpgroup).",
+    ),
+    "sparse_prefill": Budget(
+        128, ("wgmma",), 1.535,
+        "64-head wgmma tiles, two stages; ratio 1.53 = (2 x 576 + 512) / 1088: QK by both warpgroups.",
+    ),
+    "dense_decode.split": Budget(
+        72, ("wgmma", "mma.sync"), 1.535,
+        "64-row wgmma tiles where a KV head has >= 64 query rows (mma.sync at 16 rows): 24 B of spill at "
+        "s_q 2, 72 B at s_q 1 (dense-long); ratio 1.53 as sparse prefill, 1.0 at 16 rows.",
+    ),
+}

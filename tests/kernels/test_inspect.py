@@ -1,0 +1,234 @@
+"""Static sm_90 resource checks of the kernels at production shapes (no GPU needed).
+
+The kernels are compiled for sm_90 with Triton's bundled ptxas by ``mlaverify.kernels.inspect``
+(in a child process, ~1.5 min on 2 cores with a cold Triton cache); the budgets are
+``mlaverify.kernels._resource_budgets``. The full sweep (every batch size, all presets) is
+marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mlaverify.kernels import _inspect_compile, _options, dense_decode, inspect, mha_prefill, sparse_decode
+from mlaverify.kernels import sparse_prefill
+from mlaverify.kernels._resource_budgets import SM90_BUDGETS, SM90_BUDGETS_ONE_ROUNDING
+from mlaverify.kernels._targets import INTERPRETER, TARGETS
+from mlaverify.reference import configs
+
+# The fewest presets that compile every kernel in each of its variants: V32 and MODEL1 sparse decode
+# (config4: extra cache with extra_topk_length, h_q 128), both prefill widths, every dense record
+# (few and many rows, causal), MHA forward and backward. Two batch sizes each: split and one-split.
+CI_PRESETS = ("v32", "model1-config4", "prefill-v32", "prefill-model1-config1", "dense-v32", "mha")
+
+
+@pytest.fixture(scope="module")
+def sm90():
+    return inspect.collect("sm_90", presets=CI_PRESETS, full=False)
+
+
+def _rows(report):
+    return [r for r in report["rows"] if "unsupported" not in r]
+
+
+def test_every_kernel_compiles_for_sm90(sm90):
+    assert not [r for r in sm90["rows"] if "unsupported" in r]
+    assert {r["kernel"] for r in sm90["rows"]} == set(SM90_BUDGETS)  # every kernel covered, and budgeted
+
+
+def test_shared_memory_fits_the_sm90_limit(sm90):
+    over = [(r["case"], r["kernel"], r["shared_bytes"]) for r in _rows(sm90) if r["shared_bytes"] > 232448]
+    assert not over, f"over sm_90's 232,448 B per block: {over}"
+
+
+def test_spills_mma_kind_and_tensor_work_within_budget(sm90):
+    problems = []
+    for r in _rows(sm90):
+        budget = SM90_BUDGETS[r["kernel"]]
+        where = f"{r['case']} {r['kernel']}"
+        if r["spill_bytes"] > budget.max_spill_bytes:
+            problems.append(f"{where}: {r['spill_bytes']} B spill > budget {budget.max_spill_bytes}")
+        main = r["main_loop"]
+        kind = None if main is None else main["kind"]
+        if (kind or None) not in (budget.mma or (None,)):
+            problems.append(f"{where}: main-loop MMA {kind!r}, budget allows {budget.mma}")
+        if budget.max_ratio is not None and (r["tensor_work_ratio"] is None or r["tensor_work_ratio"] > budget.max_ratio):
+            problems.append(f"{where}: issued/counted {r['tensor_work_ratio']} > budget {budget.max_ratio}")
+    assert not problems, "\n".join(problems)
+
+
+def _by_kernel(report) -> dict:
+    by_kernel = {}
+    for r in _rows(report):
+        by_kernel.setdefault(r["kernel"], []).append(r)
+    return by_kernel
+
+
+def test_recorded_shared_memory_matches_the_build(sm90):
+    """The smem_sm90 numbers that choose tiles for smaller targets are those of the sm_90 build."""
+    by_kernel = _by_kernel(sm90)
+    prefill = max(r["shared_bytes"] for r in by_kernel["sparse_prefill"])
+    assert prefill == sparse_prefill.launch_tiles(128, TARGETS["sm_90"]).smem_sm90
+    split = {r["case"]: r for r in by_kernel["dense_decode.split"]}
+    assert split["dense-compute-bound"]["shared_bytes"] == dense_decode.COMPILED_TILES.smem_sm90
+    assert split["dense-memory-bound"]["shared_bytes"] == dense_decode.COMPILED_TILES_FEW_ROWS.smem_sm90
+    assert max(r["shared_bytes"] for r in by_kernel["sparse_decode.split"]) == sparse_decode.SMEM_SM90[64]
+    for kind, kernel in (("fwd", "mha_prefill.fwd"), ("dkdv", "mha_prefill.bwd_dkdv"), ("dq", "mha_prefill.bwd_dq")):
+        assert by_kernel[kernel][0]["shared_bytes"] == mha_prefill._GPU_TILES[kind].smem_sm90
+
+
+@pytest.fixture(scope="module")
+def sm90_one_rounding():
+    """The builds with one bf16 rounding of P (MLAVERIFY_P_SPLIT=0), for the kernels whose tiles change."""
+    return inspect.collect("sm_90", presets=("v32", "prefill-v32", "prefill-model1-config1", "dense-v32"),
+                           full=False, env={_options.P_SPLIT_ENV: "0"})
+
+
+def test_one_rounding_option_builds_within_its_budgets(sm90_one_rounding):
+    problems = []
+    for r in _rows(sm90_one_rounding):
+        budget = SM90_BUDGETS_ONE_ROUNDING[r["kernel"]]
+        main = r["main_loop"]
+        kind = None if main is None else main["kind"]
+        if not r["shared_ok"] or r["spill_bytes"] > budget.max_spill_bytes or kind not in (budget.mma or (None,)):
+            problems.append(f"{r['case']} {r['kernel']}: smem {r['shared_bytes']}, spill {r['spill_bytes']}, {kind}")
+        if budget.max_ratio is not None and not (r["tensor_work_ratio"] or 99) <= budget.max_ratio:
+            problems.append(f"{r['case']} {r['kernel']}: ratio {r['tensor_work_ratio']} > {budget.max_ratio}")
+    assert not problems, "\n".join(problems)
+    by_kernel = _by_kernel(sm90_one_rounding)
+    assert max(r["shared_bytes"] for r in by_kernel["sparse_prefill"]) == sparse_prefill.ONE_ROUNDING_TILES[0].smem_sm90
+    split = {r["case"]: r for r in by_kernel["dense_decode.split"]}
+    assert split["dense-compute-bound"]["shared_bytes"] == dense_decode.ONE_ROUNDING_TILES.smem_sm90
+    decode = [r for r in by_kernel["sparse_decode.split"] if r["constexprs"]["BLOCK_N"] == 64]
+    assert decode and max(r["shared_bytes"] for r in decode) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN64
+    # the tensor-core work issued per counted FLOP drops against the default build
+    assert all(r["tensor_work_ratio"] < 1.6 for r in by_kernel["sparse_prefill"] + by_kernel["sparse_decode.split"])
+
+
+def test_launch_parameters_come_from_the_wrappers(sm90):
+    """inspect reports the block sizes, warps and grid of the kernels' own launch-config functions."""
+    row = next(r for r in _rows(sm90) if r["kernel"] == "sparse_prefill" and r["case"] == "prefill-v32")
+    tiles = sparse_prefill.launch_tiles(128, TARGETS["sm_90"])
+    assert (row["num_warps"], row["num_stages"]) == (tiles.num_warps, tiles.num_stages)
+    assert row["constexprs"]["BLOCK_H"] == tiles.block_h and row["grid"] == [4096 * (128 // tiles.block_h)]
+    cfg = sparse_decode.choose_config(128, 2, 128, 2048, TARGETS["sm_90"])
+    row = next(r for r in _rows(sm90) if r["kernel"] == "sparse_decode.split" and r["case"] == "v32 b=128")
+    assert row["num_warps"] == cfg.num_warps and row["programs"] == 128 * 2 * (128 // cfg.block_h) * cfg.num_splits
+
+
+@pytest.mark.parametrize("name", ["sm_86", "sm_89"])
+def test_smaller_shared_memory_targets_get_fitting_tiles_or_a_clear_error(name):
+    target = TARGETS[name]  # 99 KB per block
+    for split_p in (True, False):
+        tiles = sparse_prefill.launch_tiles(128, target, split_p)
+        assert tiles.smem_sm90 <= target.smem_per_block and tiles.block_h == 32
+        assert dense_decode.launch_tiles(256, target, split_p).smem_sm90 <= target.smem_per_block
+    if target.capability >= sparse_decode.MIN_CAPABILITY:
+        cfg = sparse_decode.choose_config(128, 2, 128, 2048, target)
+        assert sparse_decode.SMEM_SM90[cfg.block_h] <= target.smem_per_block and cfg.block_h == 16
+    else:
+        with pytest.raises(ValueError, match="sm_86 is not supported: the FP8"):
+            sparse_decode.choose_config(128, 2, 128, 2048, target)
+    with pytest.raises(ValueError, match=r"mha prefill fwd: tiles 128x64 need 131072 bytes .* more than"):
+        mha_prefill._tiles("fwd", target)
+
+
+def test_a_target_with_too_little_shared_memory_is_refused_by_name():
+    import dataclasses
+
+    tiny = dataclasses.replace(TARGETS["sm_90"], name="sm_tiny", smem_per_block=32 * 1024)
+    for call in (lambda: sparse_prefill.launch_tiles(128, tiny), lambda: dense_decode.launch_tiles(256, tiny),
+                 lambda: sparse_decode.choose_config(128, 2, 128, 2048, tiny)):
+        with pytest.raises(ValueError, match="sm_tiny's 32768 bytes"):
+            call()
+
+
+def test_interpreter_plans_are_untouched_by_target_limits():
+    assert sparse_prefill.launch_tiles(128, INTERPRETER).block_k == sparse_prefill.INTERPRETER_BLOCK_K
+    assert sparse_decode.choose_config(2, 2, 16, 64, INTERPRETER).block_h == 16
+
+
+def test_occupancy_and_waves_follow_the_limits():
+    h200 = TARGETS["sm_90"]
+    assert h200.blocks_per_sm(8, 255, 156288) == 1  # 8 warps x 256 regs x 32 = 65,536: the whole file
+    assert h200.blocks_per_sm(4, 128, 60000) == 3  # shared memory: 3 x (60,000 + 1,024) <= 233,472
+    assert h200.blocks_per_sm(4, 56, 256) == 9  # registers: 65,536 // (56 x 32 x 4) = 9
+    assert h200.blocks_per_sm(8, 64, 240000) == 0  # over the per-block limit: does not fit
+
+
+PTX = """
+$L__BB0_1:
+	mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1}, {%r1}, {%r2}, {%f1};
+$L__BB0_2:
+	wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%f2}, %rd1, %rd2;
+	wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%f2}, %rd1, %rd2;
+	bar.sync 0;
+	cp.async.cg.shared.global [%r3], [%rd4], 16;
+	@%p1 bra $L__BB0_2;
+	mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1}, {%r1}, {%r2}, {%f1};
+	@%p2 bra $L__BB0_1;
+	ret;
+"""
+
+
+def test_ptx_loops_are_read_innermost_first():
+    loops = _inspect_compile.innermost_loops(PTX, num_warps=8)
+    assert len(loops) == 1  # the outer loop contains the inner one with MMAs: only the inner counts
+    (loop,) = loops
+    assert (loop.kind, loop.count, loop.shapes, loop.barriers, loop.async_copies) == (
+        "wgmma", 2, {"m64n32k16": 2}, 1, 1)
+    assert loop.flops == 2 * (2 * 64 * 32 * 16) * 2  # two instructions, two warpgroups
+
+
+def test_cli_writes_json_and_refuses_unknown_presets(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert inspect.main(["--preset", "prefill-model1-config1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["kernel"] for r in report["rows"]] == ["sparse_prefill"]
+    assert "prefill-model1-config1 | sparse_prefill" in capsys.readouterr().out
+    assert inspect.main(["--preset", "nope"]) == 2
+    assert "preset: expected names among" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_sweep_every_batch_size_within_budget():
+    report = inspect.collect("sm_90", full=True)
+    assert len({r["case"] for r in report["rows"]}) == (
+        sum(len(r.batch_sizes) for r in configs.SPARSE_DECODE) + len(configs.SPARSE_PREFILL)
+        + len(configs.DENSE_DECODE) + 2)
+    for r in _rows(report):
+        assert r["shared_ok"] and r["spill_bytes"] <= SM90_BUDGETS[r["kernel"]].max_spill_bytes, r
+
+
+@pytest.mark.slow
+def test_sm86_builds_of_the_fallback_tiles_fit():
+    report = inspect.collect("sm_86", presets=("prefill-v32", "dense-v32"), full=False)
+    assert all(r["shared_ok"] for r in _rows(report)) and _rows(report)
+
+
+def test_mha_batch_rides_grid_axis_0_without_the_65535_cap():
+    from mlaverify.kernels._inspect_cases import META
+    from mlaverify.reference.mha_prefill import AttentionMask, MhaPrefillShapes
+
+    batch = 70000  # more sequences than CUDA's 65,535 programs on grid axes 1 and 2
+    shapes = MhaPrefillShapes(batch, batch, 2, 2, 192, 128, (1,) * batch, (1,) * batch)
+    q = torch.empty(batch, 2, 192, dtype=torch.bfloat16, device=META)
+    v = torch.empty(batch, 2, 128, dtype=torch.bfloat16, device=META)
+    cu = torch.empty(batch + 1, dtype=torch.int32, device=META)
+    launches, _ = mha_prefill.mha_forward_plan(q, q, v, cu, cu, shapes, 0.1, AttentionMask(None, 0), False,
+                                               TARGETS["sm_90"])
+    assert launches[0].grid == (batch, 2)
+    lse = torch.empty(2, batch, dtype=torch.float32, device=META).T
+    launches, _ = mha_prefill.mha_backward_plan(v, q, q, v, v, v, lse, cu, cu, shapes, 0.1, AttentionMask(None, 0),
+                                                TARGETS["sm_90"])
+    assert [launch.grid[0] for launch in launches[1:]] == [batch, batch]
+
+
+def test_a_grid_past_cuda_limits_is_refused_before_launch():
+    from mlaverify.kernels._launch import KernelLaunch
+
+    with pytest.raises(ValueError, match="k: grid axis 1 needs 65536 programs, more than CUDA's limit of 65535"):
+        KernelLaunch("k", None, (1, 65536), (), {})
