@@ -19,7 +19,7 @@ from mlaverify.verify.results import CaseResult, Report, TensorMetrics
 __all__ = ["ReportError", "load_report", "write_atomic", "merge_reports", "group_by_op_model", "feature_matrix",
            "discrepancy_rows", "discrepancy_table", "text_table", "replay_command", "replay_files_of", "impl_spec",
            "worst_cases", "case_score", "fmt_num", "fmt_metric", "fmt_ratio", "case_ratio", "failing_outputs",
-           "NA_FLOOR", "NA_COS", "METRIC_LABELS", "feature_groups"]
+           "NA_FLOOR", "NA_COS", "METRIC_LABELS", "feature_groups", "gate_summary", "gate_tables", "largest_errors"]
 
 # Metrics shown in tables and compared by the gate, in display order, with their column labels.
 METRIC_LABELS = {
@@ -262,3 +262,38 @@ def replay_command(c: CaseResult, impl: str | None, replay_file: str | os.PathLi
 def impl_spec(report: Report) -> str | None:
     spec = report.implementation.get("spec")
     return str(spec) if spec else None
+
+
+def gate_summary(gate: dict) -> str:
+    """One line: the gate's verdict and what it counted."""
+    return (f"gate {gate.get('verdict', '?')} against {gate.get('baseline', 'the baseline')} "
+            f"(max regression factor {fmt_num(gate.get('factor'))}): {gate.get('compared', 0)} cases compared, "
+            f"{len(gate.get('failing') or [])} failing, {len(gate.get('missing') or [])} missing, "
+            f"{len(gate.get('regressions') or [])} regressions, {len(gate.get('loosened') or [])} loosened tolerances, "
+            f"{len(gate.get('new_cases') or [])} new, {len(gate.get('unverified') or [])} skipped in both")
+
+
+def gate_tables(gate: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, head, rows) of each non-empty part of a gate decision, the ones that fail it first."""
+    def num(x) -> str:
+        return fmt_num(x) if isinstance(x, (int, float)) else str(x)
+    regressions = [[r.get("case", ""), r.get("output", ""), METRIC_LABELS.get(r.get("metric"), str(r.get("metric"))),
+                    num(r.get("baseline")), num(r.get("current")), "x" + num(r.get("ratio"))]
+                   for r in gate.get("regressions") or []]
+    parts = [
+        ("Regressions", ["case", "output", "metric", "baseline", "now", "ratio"], regressions),
+        ("Failing cases", ["case", "status", "reason"],
+         [[f.get("case", ""), f.get("status", ""), f.get("reason", "")] for f in gate.get("failing") or []]),
+        ("Missing cases (run by the baseline, absent or skipped now)", ["case"], [[m] for m in gate.get("missing") or []]),
+        ("Loosened tolerances", ["change"], [[x] for x in gate.get("loosened") or []]),
+        ("Not verified (skipped in both)", ["case"], [[x] for x in gate.get("unverified") or []]),
+        ("New cases", ["case"], [[x] for x in gate.get("new_cases") or []]),
+    ]
+    return [p for p in parts if p[2]]
+
+
+def largest_errors(cases: Iterable[CaseResult], n: int) -> list[tuple[CaseResult, TensorMetrics]]:
+    """The ``n`` outputs closest to (or furthest past) their tolerance, by error / allowed, largest first."""
+    rows = [(c, m) for c in cases if c.status != "skip" for m in c.outputs.values()]
+    return sorted(rows, key=lambda cm: (math.inf if math.isnan(cm[1].tol_ratio) else cm[1].tol_ratio),
+                  reverse=True)[:n]

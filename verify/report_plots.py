@@ -10,7 +10,7 @@ Ratios outside [RATIO_LO, RATIO_HI] (an exact output has ratio 0, a misplaced Na
 the edge of the axis as triangles, so no point is lost off the plot.
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot, no global backend switch) and laid out
-with constrained layout; `text_overlaps` measures every drawn label so that tests can check that no
+with fixed margins (see `_margins`); `text_overlaps` measures every drawn label so that tests can check that no
 two overlap.
 """
 from __future__ import annotations
@@ -76,6 +76,14 @@ def _pow2_axis(ax, values: list[float]) -> None:
     ax.set_xlim(lo / 1.5, hi * 1.5)
 
 
+def _margins(fig: Figure) -> None:
+    """Fixed margins in inches (room for tick labels, axis labels, the title and the legend on the right).
+    Matplotlib's constrained layout finds the same room but triples the time to draw a report's plots
+    (8.1 s against 2.6 s for the 8 figures of a 76-case report); `text_overlaps` checks the result."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=0.62 / w, right=1 - 0.85 / w, bottom=0.5 / h, top=1 - 0.5 / h, wspace=0.32)
+
+
 def _case_ratio(c: CaseResult) -> float | None:
     ratios = [m.tol_ratio for m in c.outputs.values() if m.tol_ratio is not None]
     return max(ratios, key=lambda r: math.inf if math.isnan(r) else r) if ratios else None
@@ -91,7 +99,7 @@ def ratio_scatter(op: str, cases: Iterable[CaseResult]) -> Figure | None:
             panels.append((label, xs))
     if not panels:
         return None
-    fig = Figure(figsize=(3.6 * len(panels), 2.9), layout="constrained")
+    fig = Figure(figsize=(3.3 * len(panels) + 1.2, 2.9))
     fig.suptitle(f"{op}: largest error / allowed per case (< 1 passes)", fontsize=10)
     for i, (label, xs) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -111,7 +119,8 @@ def ratio_scatter(op: str, cases: Iterable[CaseResult]) -> Figure | None:
         ax.grid(True, which="major", color="#e4e4e4", linewidth=0.6)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+    _margins(fig)
     return fig
 
 
@@ -131,8 +140,8 @@ def ratio_histograms(op: str, cases: Iterable[CaseResult]) -> Figure | None:
     decades = round(math.log10(RATIO_HI / RATIO_LO))
     # one bin past each end of the range holds the clipped ratios (exact outputs below, inf above)
     edges = [RATIO_LO * 10 ** (k / _BINS_PER_DECADE) for k in range(-1, decades * _BINS_PER_DECADE + 2)]
-    width = min(max(2.5 * len(names), 4.0), 12.5)   # 12.5 in = 1200 px: fits the 1400 px page
-    fig = Figure(figsize=(width, 2.6), layout="constrained")
+    width = min(2.4 * len(names) + 1.4, 13.0)   # 13 in = 1250 px: fits the 1400 px page
+    fig = Figure(figsize=(width, 2.6))
     fig.suptitle(f"{op}: error / allowed per output (< 1 passes)", fontsize=10)
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
@@ -150,7 +159,8 @@ def ratio_histograms(op: str, cases: Iterable[CaseResult]) -> Figure | None:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))   # counts: whole numbers
         ax.tick_params(labelsize=7)
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+    _margins(fig)
     return fig
 
 

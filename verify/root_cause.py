@@ -52,7 +52,7 @@ class Association:
     p_value: float                 # one-sided Fisher exact (see the module docstring for how to read it)
     cases: frozenset[str] = field(default=frozenset(), repr=False)   # ids of the cases "with"
     same_as: tuple[str, ...] = ()  # labels of other kinds selecting exactly these cases
-    covered_by: str | None = None  # a line ranked above that has all of these failures at a higher rate
+    covered_by: str | None = None  # the first line ranked above; the lines above hold all of these failures
 
     @property
     def rate_with(self) -> float:
@@ -161,16 +161,20 @@ def rank_features(results: Iterable[CaseResult], limit: int | None = None) -> li
             m = merged[twin]
             merged[twin] = replace(m, same_as=m.same_as + (a.label,))
     ranked: list[Association] = []
+    explained: set[str] = set()   # failures of the leading lines so far
     for a in merged:
-        # a line adds nothing when a line above has all of its failures at a higher failure rate
-        above = next((m for m in ranked if m.covered_by is None and (a.cases & failed) <= (m.cases & failed)
-                      and a.rate_with <= m.rate_with), None)
-        ranked.append(a if above is None else replace(a, covered_by=above.label))
+        # a line adds nothing when the lines above already hold all of its failures
+        above = next((m for m in ranked if m.covered_by is None), None)
+        if (a.cases & failed) <= explained and above is not None:
+            ranked.append(replace(a, covered_by=above.label))
+        else:
+            ranked.append(a)
+            explained |= a.cases & failed
     return ranked if limit is None else ranked[:limit]
 
 
 def leading(ranked: Sequence[Association]) -> list[Association]:
-    """The lines not covered by a line above them: the distinct explanations, best first."""
+    """The lines that add failures to the lines above them: the distinct explanations, best first."""
     return [a for a in ranked if a.covered_by is None]
 
 
