@@ -148,7 +148,8 @@ def rank_features(results: Iterable[CaseResult], limit: int | None = None) -> li
             candidates = _numeric_candidates(kind, by_value, failed, all_ids)
         else:
             candidates = _mode_candidates(kind, by_value, failed, all_ids)
-        candidates = [a for a in candidates if a.rate_with > a.rate_without]
+        # a feature every case has (or none) cannot tell failures from passes
+        candidates = [a for a in candidates if a.n_with and a.n_without and a.rate_with > a.rate_without]
         if candidates:
             best.append(min(candidates, key=lambda a: (a.p_value, -a.fail_with, len(a.label))))
     best.sort(key=lambda a: (a.p_value, -a.fail_with, a.fail_without, len(a.label)))
