@@ -140,7 +140,7 @@ def ratio_histograms(op: str, cases: Iterable[CaseResult]) -> Figure | None:
     decades = round(math.log10(RATIO_HI / RATIO_LO))
     # one bin past each end of the range holds the clipped ratios (exact outputs below, inf above)
     edges = [RATIO_LO * 10 ** (k / _BINS_PER_DECADE) for k in range(-1, decades * _BINS_PER_DECADE + 2)]
-    width = min(2.4 * len(names) + 1.4, 13.0)   # 13 in = 1250 px: fits the 1400 px page
+    width = min(max(2.4 * len(names) + 1.4, 6.0), 13.0)   # room for the title; 13 in = 1250 px fits the page
     fig = Figure(figsize=(width, 2.6))
     fig.suptitle(f"{op}: error / allowed per output (< 1 passes)", fontsize=10)
     for i, name in enumerate(names):
