@@ -84,6 +84,13 @@ def _margins(fig: Figure) -> None:
     fig.subplots_adjust(left=0.62 / w, right=1 - 0.85 / w, bottom=0.5 / h, top=1 - 0.5 / h, wspace=0.32)
 
 
+def _legend(fig: Figure, handles, labels) -> None:
+    """The legend in the right margin, level with the top of the axes: clear of the title above."""
+    w, h = fig.get_size_inches()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1 - 0.8 / w, 1 - 0.5 / h), fontsize=8,
+               frameon=False, borderaxespad=0.0, handletextpad=0.3)
+
+
 def _case_ratio(c: CaseResult) -> float | None:
     ratios = [m.tol_ratio for m in c.outputs.values() if m.tol_ratio is not None]
     return max(ratios, key=lambda r: math.inf if math.isnan(r) else r) if ratios else None
@@ -99,7 +106,7 @@ def ratio_scatter(op: str, cases: Iterable[CaseResult]) -> Figure | None:
             panels.append((label, xs))
     if not panels:
         return None
-    fig = Figure(figsize=(3.3 * len(panels) + 1.2, 2.9))
+    fig = Figure(figsize=(max(3.3 * len(panels) + 1.2, 6.0), 2.9))   # room for the title
     fig.suptitle(f"{op}: largest error / allowed per case (< 1 passes)", fontsize=10)
     for i, (label, xs) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -119,7 +126,7 @@ def ratio_scatter(op: str, cases: Iterable[CaseResult]) -> Figure | None:
         ax.grid(True, which="major", color="#e4e4e4", linewidth=0.6)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+        _legend(fig, handles, labels)
     _margins(fig)
     return fig
 
@@ -159,7 +166,7 @@ def ratio_histograms(op: str, cases: Iterable[CaseResult]) -> Figure | None:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))   # counts: whole numbers
         ax.tick_params(labelsize=7)
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+    _legend(fig, handles, labels)
     _margins(fig)
     return fig
 
