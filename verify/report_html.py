@@ -18,7 +18,7 @@ from mlaverify.verify.report_common import (
 from mlaverify.verify.report_locate import element_detail, named_index
 from mlaverify.verify.results import STATUSES, CaseResult, Report
 
-__all__ = ["render_html", "LOCATED_FAILURES", "MAX_LARGEST"]
+__all__ = ["render_html", "failing_kinds", "LOCATED_FAILURES", "MAX_LARGEST"]
 
 LOCATED_FAILURES = 5   # failures whose worst elements are decoded against regenerated inputs (~1 s each on CPU)
 MAX_LARGEST = 25       # rows of "Largest errors"
@@ -202,18 +202,38 @@ def _matrix_rows(groups: dict[str, list[str]], columns: list[str], cells: dict) 
     return rows
 
 
+def kind_of(feature: str) -> str:
+    return root_cause.feature_kind(feature)[0]
+
+
+def _kind_order(report: Report) -> dict[str, int]:
+    """Feature kind -> its rank in the root-cause list (op scope dropped): the matrix shows the likeliest first."""
+    order: dict[str, int] = {}
+    for i, a in enumerate(root_cause.rank_features(report.cases)):
+        order.setdefault(a.kind.split(": ")[-1], i)
+    return order
+
+
+def failing_kinds(report: Report, groups: dict[str, list[str]], failing: set[str]) -> dict[str, list[str]]:
+    """The feature groups with a failing feature, the kinds ranked highest by the root-cause summary first."""
+    order = _kind_order(report)
+    ranked = sorted(groups.items(), key=lambda kv: min(order.get(kind_of(f), len(order)) for f in kv[1]))
+    return {k: fs for k, fs in ranked if any(f in failing for f in fs)}
+
+
 def _matrix(report: Report) -> list[str]:
     features, columns, cells = feature_matrix(report.cases)
     if not features:
         return []
     failing = {f for (f, _), cell in cells.items() if cell["fail"]}
     groups = feature_groups(features)
-    hot = {k: fs for k, fs in groups.items() if any(f in failing for f in fs)}
+    hot = failing_kinds(report, groups, failing)
     cold = {k: fs for k, fs in groups.items() if k not in hot}
     head = "<tr><th>feature</th>" + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>"
     parts = ["<h2 id='matrix'>Feature matrix (passed / run per op and model; · not observed)</h2>"]
     if hot:
-        parts.append(f"<p>Feature kinds with a failure ({len(hot)}):</p><table>{head}"
+        parts.append(f"<p>Feature kinds with a failure ({len(hot)}), the most associated with failure first:</p>"
+                     f"<table>{head}"
                      + "".join(_matrix_rows(hot, columns, cells)) + "</table>")
     if cold:
         parts.append(f"<details><summary>{len(cold)} feature kinds that never failed "

@@ -14,7 +14,7 @@ from mlaverify.verify.report_common import (
     fmt_ratio, gate_summary, gate_tables, group_by_op_model, impl_spec, largest_errors, replay_command,
     replay_files_of,
 )
-from mlaverify.verify.report_html import LOCATED_FAILURES
+from mlaverify.verify.report_html import LOCATED_FAILURES, failing_kinds
 from mlaverify.verify.report_locate import element_detail, named_index
 from mlaverify.verify.results import STATUSES, CaseResult, Report
 
@@ -124,7 +124,7 @@ def _largest(report: Report) -> list[str]:
 def _matrix(report: Report) -> list[str]:
     features, columns, cells = feature_matrix(report.cases)
     failing = {f for (f, _), cell in cells.items() if cell["fail"]}
-    hot = {k: fs for k, fs in feature_groups(features).items() if any(f in failing for f in fs)}
+    hot = failing_kinds(report, feature_groups(features), failing)
     if not hot:
         return []
     rows = []
@@ -138,7 +138,8 @@ def _matrix(report: Report) -> list[str]:
                 else:
                     row.append(("❌ " if cell["fail"] else "") + f"{cell['pass']}/{cell['pass'] + cell['fail']}")
             rows.append(row)
-    return _details(f"Feature matrix of the {len(hot)} feature kinds with a failure (passed/run; · not observed)",
+    return _details(f"Feature matrix of the {len(hot)} feature kinds with a failure, most associated first "
+                    "(passed/run; · not observed)",
                     _table(["feature", *columns], rows))
 
 
