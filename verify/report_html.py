@@ -133,8 +133,9 @@ def _worst_lines(c: CaseResult, locate: bool) -> list[str]:
             continue
         detail = element_detail(c.case, m.name, m.worst_index) if locate else None
         where = detail or "run the replay command for the top-k slot / page block behind it"
-        lines.append(f"<li><b>{escape(m.name)}</b> worst at <code>{escape(named_index(c.case.op, m.name, m.worst_index))}"
-                     f"</code>: got {escape(fmt_num(m.worst_value, 5))}, ref {escape(fmt_num(m.worst_ref, 5))} "
+        at = named_index(c.case.op, m.name, m.worst_index)
+        lines.append(f"<li><b>{escape(m.name)}</b> worst at <code>{escape(at)}</code>"
+                     f": got {escape(fmt_num(m.worst_value, 5))}, ref {escape(fmt_num(m.worst_ref, 5))} "
                      f"({escape(fmt_ratio(m.elem_ratio))}x its allowed error) — {escape(where)}</li>")
     return ["<ul>" + "".join(lines) + "</ul>"] if lines else []
 
@@ -171,7 +172,8 @@ def _by_op(report: Report) -> list[str]:
 
 def _largest(report: Report) -> list[str]:
     rows = [[escape(c.id), escape(m.name), f"<span class='{c.status}'>{c.status}</span>",
-             f"<b>{escape(fmt_ratio(m.tol_ratio))}</b>", escape(fmt_ratio(m.elem_ratio)), escape(fmt_ratio(m.cos_ratio)),
+             f"<b>{escape(fmt_ratio(m.tol_ratio))}</b>", escape(fmt_ratio(m.elem_ratio)),
+             escape(fmt_ratio(m.cos_ratio)),
              escape(fmt_num(m.max_abs)), escape(fmt_metric(m.max_ulp)), escape(fmt_metric(m.cos_diff, NA_COS)),
              str(m.floor_excluded)]
             for c, m in largest_errors(report.cases, MAX_LARGEST)]

@@ -46,9 +46,10 @@ def _run_suite(root: ET.Element, report: Report) -> dict[str, int]:
             items.append((f"gate/regression/{r.get('case')}/{r.get('output')}/{r.get('metric')}",
                           f"{r.get('output')} {metric} {_num(r.get('baseline'))} -> {_num(r.get('current'))} "
                           f"(x{_num(r.get('ratio'))}, allowed x{_num(gate.get('factor'))})", gate_summary(gate)))
-        items += [(f"gate/missing/{m}", f"missing: run by the baseline, absent or skipped now", m)
+        items += [(f"gate/missing/{m}", "missing: run by the baseline, absent or skipped now", m)
                   for m in gate.get("missing") or []]
-        items += [(f"gate/loosened/{i}", f"loosened tolerance: {x}", x) for i, x in enumerate(gate.get("loosened") or [])]
+        items += [(f"gate/loosened/{i}", f"loosened tolerance: {x}", x)
+                  for i, x in enumerate(gate.get("loosened") or [])]
     if not items:
         return {"tests": 0, "failures": 0}
     suite = ET.SubElement(root, "testsuite", name="mla-verify", tests=str(len(items)), failures=str(len(items)),

@@ -22,7 +22,7 @@ from mlaverify.verify.report_markdown import MAX_CHARS, render_markdown
 from mlaverify.verify.report_plots import RATIO_HI, RATIO_LO, ratio_histograms, ratio_scatter, text_overlaps
 from mlaverify.verify.results import Report
 from mlaverify.verify.runner import run_check
-from tests.verify.report_fixtures import decode, metrics, result, sink_report
+from tests.verify.report_fixtures import decode, result, sink_report
 
 PREFILL = Case(op="sparse_prefill", model="v32", s_q=3, h_q=8, s_kv=40, topk=16, sink="finite", seed=5)
 DENSE_A = Case(op="dense_decode", model="model1", b=2, s_q=1, h_q=4, s_kv=24, page_block_size=16, seed=6)
