@@ -13,11 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from mlaverify.verify.report_locate import named_index
 from mlaverify.verify.results import CaseResult, Report, TensorMetrics
 
 __all__ = ["ReportError", "load_report", "write_atomic", "merge_reports", "group_by_op_model", "feature_matrix",
            "discrepancy_rows", "discrepancy_table", "text_table", "replay_command", "replay_files_of", "impl_spec",
-           "worst_cases", "case_score", "fmt_num", "METRIC_LABELS"]
+           "worst_cases", "case_score", "fmt_num", "fmt_metric", "fmt_ratio", "case_ratio", "failing_outputs",
+           "NA_FLOOR", "NA_COS", "METRIC_LABELS", "feature_groups", "gate_summary", "gate_tables", "largest_errors"]
 
 # Metrics shown in tables and compared by the gate, in display order, with their column labels.
 METRIC_LABELS = {
@@ -27,6 +29,7 @@ METRIC_LABELS = {
     "max_abs": "max abs",
     "max_rel": "max rel",
     "mismatch_fraction": "mismatch frac",
+    "tol_ratio": "error/allowed",
 }
 
 
@@ -136,17 +139,39 @@ def feature_matrix(cases: Iterable[CaseResult]) -> tuple[list[str], list[str], d
     return sorted(features, key=_feature_key), sorted(columns), dict(cells)
 
 
+def feature_groups(features: Iterable[str]) -> dict[str, list[str]]:
+    """Features grouped by kind ("sink" -> [sink:finite, sink:none], "h" -> [h8, h64], flags on their own),
+    kinds in alphabetical order, each kind's features in `feature_matrix`'s order."""
+    from mlaverify.verify.root_cause import feature_kind
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for f in sorted(features, key=_feature_key):
+        kind, value = feature_kind(f)
+        groups["flags" if value is None else kind].append(f)
+    return dict(sorted(groups.items()))
+
+
 def _feature_key(feature: str) -> tuple[str, int]:
     """Sort "h8" before "h64" (name, then number); other features alphabetically."""
     m = re.fullmatch(r"([a-z_]+)(\d+)", feature)
     return (m.group(1), int(m.group(2))) if m else (feature, -1)
 
 
+def case_ratio(c: CaseResult) -> float | None:
+    """The case's largest error / allowed over its outputs (None: no output compared)."""
+    ratios = [m.tol_ratio for m in c.outputs.values() if m.tol_ratio is not None and not math.isnan(m.tol_ratio)]
+    return max(ratios) if ratios else None
+
+
+def failing_outputs(c: CaseResult) -> list[str]:
+    """Names of the outputs and checks that failed ("out", "check repeat_bitwise")."""
+    return ([m.name for m in c.outputs.values() if not m.passed]
+            + [f"check {ch.name}" for ch in c.checks.values() if not ch.passed])
+
+
 def case_score(c: CaseResult) -> float:
     """Badness for ranking: failures first, then the output closest to its tolerance (error / allowed)."""
-    worst = max((m.tol_ratio for m in c.outputs.values() if m.tol_ratio is not None and not math.isnan(m.tol_ratio)),
-                default=0.0)
-    return (1e30 if c.status in ("fail", "error") else 0.0) + worst
+    return (1e30 if c.status in ("fail", "error") else 0.0) + (case_ratio(c) or 0.0)
 
 
 def worst_cases(cases: Iterable[CaseResult], n: int) -> list[CaseResult]:
@@ -165,31 +190,51 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def _metrics_row(m: TensorMetrics) -> list[str]:
-    worst = "-" if m.worst_index is None else "[" + ", ".join(map(str, m.worst_index)) + "]"
+NA_FLOOR = "n/a"                          # ulp / rel error: no element of the reference above the floor
+NA_COS = "n/a (reference all zero)"       # cosine difference: the reference has no direction
+
+
+def fmt_metric(x: float | None, na: str = NA_FLOOR) -> str:
+    """A metric that may be undefined (None): ``na`` instead of a number."""
+    return na if x is None else fmt_num(x)
+
+
+def fmt_ratio(x: float | None) -> str:
+    """error / allowed with 3 significant digits: "0.27", "12.3", "3.1e+04", "inf"; "-" when not judged."""
+    if x is None:
+        return "-"
+    return fmt_num(x)
+
+
+def _metrics_row(c: CaseResult, m: TensorMetrics) -> list[str]:
     return [
         m.name,
         "ok" if m.passed else "FAIL",
-        fmt_num(m.tol_ratio),
+        fmt_ratio(m.tol_ratio),
+        fmt_ratio(m.elem_ratio),
+        fmt_ratio(m.cos_ratio),
         f"{m.mismatches}/{m.numel}",
         str(m.nonfinite_mismatches),
         fmt_num(m.max_abs),
-        fmt_num(m.max_rel),
-        fmt_num(m.max_ulp),
-        fmt_num(m.p99_ulp),
-        "n/a" if m.cos_diff is None else fmt_num(m.cos_diff),
-        worst,
+        fmt_metric(m.max_rel),
+        fmt_metric(m.max_ulp),
+        fmt_metric(m.p99_ulp),
+        str(m.floor_excluded),
+        fmt_metric(m.cos_diff, NA_COS),
+        named_index(c.case.op, m.name, m.worst_index),
         f"{fmt_num(m.worst_value, 5)} vs {fmt_num(m.worst_ref, 5)}",
         m.tolerance.describe().replace("allowed ", ""),
     ]
 
 
-_TABLE_HEAD = ["output", "verdict", "error/allowed", "mismatches", "nonfinite", "max abs", "max rel", "max ulp", "p99 ulp",
-               "cos diff", "worst at", "got vs ref", "tolerance"]
+# error/allowed = max(elem, cos); elem = max |a-r| / max(atol, rtol |r|); cos = cos diff / its bound (< 1 passes).
+# "below floor" counts elements whose |ref| is below 2^-10 x RMS: judged by atol alone, not in ulp / rel.
+_TABLE_HEAD = ["output", "verdict", "error/allowed", "elem ratio", "cos ratio", "mismatches", "nonfinite", "max abs",
+               "max rel", "max ulp", "p99 ulp", "below floor", "cos diff", "worst at", "got vs ref", "tolerance"]
 
 
 def discrepancy_rows(c: CaseResult) -> tuple[list[str], list[list[str]]]:
-    return list(_TABLE_HEAD), [_metrics_row(m) for m in c.outputs.values()]
+    return list(_TABLE_HEAD), [_metrics_row(c, m) for m in c.outputs.values()]
 
 
 def text_table(head: list[str], rows: list[list[str]], indent: str = "  ") -> str:
@@ -230,3 +275,39 @@ def replay_command(c: CaseResult, impl: str | None, replay_file: str | os.PathLi
 def impl_spec(report: Report) -> str | None:
     spec = report.implementation.get("spec")
     return str(spec) if spec else None
+
+
+def gate_summary(gate: dict) -> str:
+    """One line: the gate's verdict and what it counted."""
+    return (f"gate {gate.get('verdict', '?')} against {gate.get('baseline', 'the baseline')} "
+            f"(max regression factor {fmt_num(gate.get('factor'))}): {gate.get('compared', 0)} cases compared, "
+            f"{len(gate.get('failing') or [])} failing, {len(gate.get('missing') or [])} missing, "
+            f"{len(gate.get('regressions') or [])} regressions, {len(gate.get('loosened') or [])} loosened tolerances, "
+            f"{len(gate.get('new_cases') or [])} new, {len(gate.get('unverified') or [])} skipped in both")
+
+
+def gate_tables(gate: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, head, rows) of each non-empty part of a gate decision, the ones that fail it first."""
+    def num(x) -> str:
+        return fmt_num(x) if isinstance(x, (int, float)) else str(x)
+    regressions = [[r.get("case", ""), r.get("output", ""), METRIC_LABELS.get(r.get("metric"), str(r.get("metric"))),
+                    num(r.get("baseline")), num(r.get("current")), "x" + num(r.get("ratio"))]
+                   for r in gate.get("regressions") or []]
+    parts = [
+        ("Regressions", ["case", "output", "metric", "baseline", "now", "ratio"], regressions),
+        ("Failing cases", ["case", "status", "reason"],
+         [[f.get("case", ""), f.get("status", ""), f.get("reason", "")] for f in gate.get("failing") or []]),
+        ("Missing cases (run by the baseline, absent or skipped now)", ["case"],
+         [[m] for m in gate.get("missing") or []]),
+        ("Loosened tolerances", ["change"], [[x] for x in gate.get("loosened") or []]),
+        ("Not verified (skipped in both)", ["case"], [[x] for x in gate.get("unverified") or []]),
+        ("New cases", ["case"], [[x] for x in gate.get("new_cases") or []]),
+    ]
+    return [p for p in parts if p[2]]
+
+
+def largest_errors(cases: Iterable[CaseResult], n: int) -> list[tuple[CaseResult, TensorMetrics]]:
+    """The ``n`` outputs closest to (or furthest past) their tolerance, by error / allowed, largest first."""
+    rows = [(c, m) for c in cases if c.status != "skip" for m in c.outputs.values()]
+    return sorted(rows, key=lambda cm: (math.inf if math.isnan(cm[1].tol_ratio) else cm[1].tol_ratio),
+                  reverse=True)[:n]

@@ -145,7 +145,7 @@ def test_report_formats_from_json(tmp_path, capsys):
     assert main(["check", "--impl", CLEAN, *SMALL, "--max-examples", "1", "--json", str(target)]) == 0
     capsys.readouterr()
     assert main(["report", str(target), "--format", "md"]) == 0
-    assert capsys.readouterr().out.startswith("## mla-verify: PASS")
+    assert capsys.readouterr().out.startswith("## ✅ mla-verify: PASS")
     html = tmp_path / "r.html"
     assert main(["report", str(target), "--format", "html", "-o", str(html)]) == 0
     assert "<svg" in html.read_text()
