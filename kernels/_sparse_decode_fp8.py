@@ -106,12 +106,13 @@ def load_v32_keys(
     nope_ptrs = token[:, None, None] + (tiles[None, :, None] * V32_TILE + cols[None, None, :])
     raw = tl.load(nope_ptrs, mask=valid[:, None, None], other=0)
     nope = fp8_to_f32(raw, INTERPRET)
-    # float32 scales used as stored (any value, not assumed a power of two)
-    scale_ptrs = (token[:, None] + V32_SCALE_OFFSET + tiles[None, :] * 4).to(tl.pointer_type(tl.float32))
+    # float32 scales used as stored (any value, not assumed a power of two). Typed pointers are formed
+    # before the element offsets, so Triton sees 4 (8) contiguous, 16-byte aligned elements: vector loads.
+    scale_ptrs = (token + V32_SCALE_OFFSET).to(tl.pointer_type(tl.float32))[:, None] + tiles[None, :]
     scale = tl.load(scale_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 4]
     deq = tl.reshape(nope * scale[:, :, None], [BLOCK_N, V32_NUM_TILES * V32_TILE])
     rope_cols = tl.arange(0, ROPE_DIM)
-    rope_ptrs = (token[:, None] + V32_ROPE_OFFSET + rope_cols[None, :] * 2).to(tl.pointer_type(tl.bfloat16))
+    rope_ptrs = (token + V32_ROPE_OFFSET).to(tl.pointer_type(tl.bfloat16))[:, None] + rope_cols[None, :]
     rope = tl.load(rope_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 64] bf16
     return round_to_bf16(deq, INTERPRET), bf16_operand(rope, INTERPRET)
 
@@ -141,6 +142,8 @@ def load_model1_keys(
     sbyte = tl.load(scales[:, None] + tiles[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
     sbits = sbyte.to(tl.int32) << 23
     scale = tl.where(sbyte == 0, UE8M0_ZERO_BYTE_SCALE, sbits.to(tl.float32, bitcast=True))
+    # Byte offsets first (scalar loads): typed-first pointers would stage RoPE through shared memory with
+    # cp.async as in V32, +4 KB per block, which pushes BLOCK_H 16 past sm_89's 99 KB (104,576 B).
     rope_ptrs = (data[:, None] + M1_NOPE + cols[None, :] * 2).to(tl.pointer_type(tl.bfloat16))
     rope = tl.load(rope_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, 64]
     deq = tl.where(is_nope[None, :, None], nope * scale[:, :, None], rope[:, None, :])

@@ -242,7 +242,7 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     the target's shared memory per block.
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
-    block_n = 32  # sm_90 build at BLOCK_H 64: 156 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
+    block_n = 32  # sm_90 build at BLOCK_H 64: 164 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
     if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
         raise ValueError(
             f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
@@ -272,12 +272,12 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
 
 
 # Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the larger of the V32 and
-# MODEL1 builds: 64 -> 156,288 / 147,584; 32 -> 57,984 / 118,912; 16 -> 39,552 / 100,480), from
+# MODEL1 builds: 64 -> 164,480 / 147,584; 32 -> 62,080 / 118,912; 16 -> 41,600 / 100,480), from
 # `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
-SMEM_SM90 = {64: 156288, 32: 118912, 16: 100480}
-# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 181,504 / MODEL1 164,096 B (with hi + lo
-# it would need 238,848 B, over sm_90's 232,448 B per block).
-SMEM_SM90_ONE_ROUNDING_BN64 = 181504
+SMEM_SM90 = {64: 164480, 32: 118912, 16: 100480}
+# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 189,696 / MODEL1 164,096 B (with hi + lo
+# it would need ~240 KB, over sm_90's 232,448 B per block).
+SMEM_SM90_ONE_ROUNDING_BN64 = 189696
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
 MIN_CAPABILITY = 89
 
