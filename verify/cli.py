@@ -8,6 +8,7 @@
     mlaverify replay FILE|CASE_ID [--impl MODULE]
     mlaverify selftest [--bugs NAME ...] [--source explicit|ci]
     mlaverify merge A.json B.json ... -o OUT.json
+    mlaverify calibrate --impl MODULE [--profile dev]   (verify/cli_calibrate.py)
 
 Exit codes: 0 success (everything passed), 1 a verification failed (a case, the gate, a planted
 bug survived), 2 usage error (bad arguments, unreadable files, an implementation that cannot be
@@ -24,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from mlaverify.verify import cli_check
+from mlaverify.verify import cli_calibrate, cli_check
 from mlaverify.verify.cases import Case
 from mlaverify.verify.gate import compare_to_baseline
 from mlaverify.verify.implementations import ImplementationError, load_implementation
@@ -100,6 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="combine shard reports into one")
     merge.add_argument("reports", nargs="+", metavar="REPORT.json")
     merge.add_argument("-o", "--output", required=True, metavar="OUT.json")
+    cli_calibrate.add_parser(sub)
     return p
 
 
@@ -202,7 +204,7 @@ def _merge(args, out, err) -> int:
 
 
 _COMMANDS = {"check": _check, "report": _report, "gate": _gate, "baseline": _baseline, "replay": _replay,
-             "selftest": _selftest, "merge": _merge}
+             "selftest": _selftest, "merge": _merge, "calibrate": cli_calibrate.run}
 
 
 def _torch_threads() -> int | None:

@@ -26,6 +26,7 @@ from mlaverify.verify.report_junit import render_junit
 from mlaverify.verify.report_markdown import render_markdown
 from mlaverify.verify.results import STATUSES, Report
 from mlaverify.verify.runner import default_device, run_check
+from mlaverify.verify.budgets import DEFAULT_POLICY, POLICIES
 from mlaverify.verify.tolerances import apply_overrides, load_tolerances, parse_override
 
 __all__ = ["CheckOutput", "add_check_options", "execute_check", "write_reports", "print_summary"]
@@ -68,6 +69,9 @@ def add_check_options(p: argparse.ArgumentParser, impl_required: bool = True) ->
     p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (1-based), then `merge`")
     p.add_argument("--tolerance", action="append", default=[], metavar="OP.OUTPUT.FIELD=VALUE",
                    help="override one tolerance, e.g. sparse_decode.out.atol=2e-3 (repeatable)")
+    p.add_argument("--tolerance-policy", choices=POLICIES, default=None,
+                   help=f"flashmla (fixed table), calibrated (k x the numerics emulation's error, with a floor) or "
+                        f"both (each policy that applies to a case must pass; default {DEFAULT_POLICY})")
     p.add_argument("--capabilities", default=None, metavar="PROFILE",
                    help="capability profile: full or flash_mla (default: the module's own or by name)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -126,7 +130,8 @@ def execute_check(args: argparse.Namespace, impl: Implementation, settings: dict
     report = run_check(impl, ops=ops, models=models, profile=profile, max_examples=max_examples, seed=seed,
                        shard=parse_shard(args.shard), progress=_progress_callback(args.quiet, err),
                        device=args.device, tolerance_overrides=overrides or None,
-                       corners=bool(settings.get("corners", True)), cases=cases)
+                       corners=bool(settings.get("corners", True)), cases=cases,
+                       tolerance_policy=args.tolerance_policy or settings.get("tolerance_policy") or DEFAULT_POLICY)
     report.settings["shard"] = args.shard  # as the user wrote it (1-based K/N)
     if presets:  # recorded so that a gate against this report re-runs the same presets
         report.settings["presets"], report.settings["preset_size"] = list(presets), preset_size

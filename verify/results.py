@@ -67,7 +67,7 @@ class Tolerance:
     rtol: float                 # ... or |a - r| / |r| < rtol
     cos: float | None = None    # global bound on 1 - 2<a,r>/(|a|^2+|r|^2); None: not checked
     # calibrated policy (`budgets`): budget = max(floor, k x the numerics emulation's error) on max abs and
-    # p99 abs error (floor = floor_rel x max |ref|) and on the cosine difference (floor cos_floor)
+    # p99 abs error (floor = floor_rel x max |ref|); max(cos_floor, k^2 x emulation's) on the cosine difference
     k: float = 2.0                  # flash-attention's tests allow 2x a same-precision emulation's error
     floor_rel: float = 2.0**-8      # one bf16 ulp at the output's largest magnitude: the output rounding itself
     cos_floor: float | None = 1e-6  # ~ the cosine difference the bf16 output rounding alone gives (6e-7)
@@ -81,7 +81,7 @@ class Tolerance:
                 "cos_floor": self.cos_floor}
 
     def describe_budget(self) -> str:
-        cos = f", cos max({self.cos_floor:.3g}, k x emulation)" if self.cos_floor is not None else ""
+        cos = f", cos max({self.cos_floor:.3g}, k^2 x emulation)" if self.cos_floor is not None else ""
         return f"budget max({self.floor_rel:.3g} x max|ref|, {self.k:g} x emulation error){cos}"
 
     @classmethod
