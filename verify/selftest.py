@@ -171,8 +171,12 @@ def _gate_teeth(result: SelftestResult, cases: list[Case], tolerances, device) -
     if not cases:
         result.drift_verdict = "no sparse prefill case to run"
         return
-    baseline = run_check(planted.module_for("clean"), cases=cases, device=device, tolerances=tolerances)
-    drifted = run_check(planted.module_for(planted.DRIFT.name), cases=cases, device=device, tolerances=tolerances)
+    # under FlashMLA's fixed table, which the drift stays inside (the calibrated budget, 2x the numerics
+    # emulation's error, already fails the drift in the check itself: 2 bf16 ulps exceed it)
+    baseline = run_check(planted.module_for("clean"), cases=cases, device=device, tolerances=tolerances,
+                         tolerance_policy="flashmla")
+    drifted = run_check(planted.module_for(planted.DRIFT.name), cases=cases, device=device, tolerances=tolerances,
+                        tolerance_policy="flashmla")
     verdict = compare_to_baseline(baseline, drifted, factor=2.0)
     result.drift_caught = drifted.passed and not verdict.passed and bool(verdict.regressions)
     result.drift_verdict = (f"check {'passes' if drifted.passed else 'FAILS'}, gate "
