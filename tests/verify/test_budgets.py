@@ -123,3 +123,15 @@ def test_suggested_k_leaves_a_margin_over_the_data():
     assert suggest_k([1.0]) == 1.5
     assert suggest_k([1.7]) == 3.0
     assert suggest_k([20.0]) == 32.0
+
+
+def test_the_fixed_table_reports_the_emulation_on_outlier_channels_the_default_policy_does_not():
+    from mlaverify.reference import numerics_emulation
+
+    case = Case(op="sparse_prefill", model="v32", seed=2, s_q=4, h_q=128, s_kv=300, topk=64, topk_length="partial",
+                sink="finite", invalid="rows", nan_fill="unused", softmax_scale=0.1, dist="outlier_channels")
+    impl = load_implementation(numerics_emulation)
+    fixed = run_case(impl, case, device="cpu", checks=(), policy="flashmla")
+    assert fixed.status == "fail" and fixed.outputs["out"].elem_ratio > 2.0  # measured 3.17x
+    default = run_case(impl, case, device="cpu", checks=())
+    assert default.status == "pass" and default.outputs["out"].flashmla_passed is False
