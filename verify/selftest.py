@@ -4,8 +4,9 @@ The case set is small and fixed (``SELFTEST_CASES``, derandomized: explicit para
 a few cases per op and model that together switch on every feature a planted bug lives in
 (sinks, topk_length, extra cache, float32 V32 scales, value outliers, NaN-poisoned slots, invalid
 rows and every invalid prefill index kind, GQA, causal with s_q > 1, fp16, zero-length
-sequences, MHA backward), and three cases of production-like data (peaked, wide logits) for the
-softmax-core bugs only such data exposes. Cases are judged under the default tolerance policy. ``source="ci"`` uses the engine's deterministic ``ci`` draws instead.
+sequences, MHA backward), and three cases of production-like data (peaked, wide logits) for
+the softmax-core bugs only such data exposes. Cases are judged under the default tolerance
+policy. ``source="ci"`` uses the engine's deterministic ``ci`` draws instead.
 A bug counts as killed at its first failing case, so the run stays short. Last, the gate's own
 teeth: ``within_tolerance_drift`` passes every sparse prefill case, and the gate against a clean
 baseline of the same cases must still fail it.

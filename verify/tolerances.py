@@ -15,8 +15,8 @@ priority: `[tool.mlaverify.tolerances]` in a pyproject.toml, then a mapping pass
 
 The calibrated policy's fields (`budgets`) live in the same table: "k" (multiple of the numerics
 emulation's error), "floor_rel" (floor of the abs-error budget, times max |ref|) and "cos_floor".
-Only listed ops, outputs and fields ("atol", "rtol", "cos", "k", "floor_rel", "cos_floor") are accepted; anything else raises
-ValueError naming the key.
+Only listed ops, outputs and fields ("atol", "rtol", "cos", "k", "floor_rel", "cos_floor") are
+accepted; anything else raises ValueError naming the key.
 """
 from __future__ import annotations
 

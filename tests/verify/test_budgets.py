@@ -87,7 +87,8 @@ def test_old_metrics_and_tolerances_load_with_defaults():
 
 
 def test_k_and_floor_are_overridable_like_atol():
-    table = load_tolerances(use_pyproject=False, overrides={"sparse_prefill.out.k": 3, "sparse_prefill.lse.floor_rel": 0})
+    table = load_tolerances(use_pyproject=False,
+                            overrides={"sparse_prefill.out.k": 3, "sparse_prefill.lse.floor_rel": 0})
     assert table["sparse_prefill"]["out"].k == 3.0 and table["sparse_prefill"]["lse"].floor_rel == 0.0
     assert load_tolerances(use_pyproject=False, overrides={"sparse_prefill.out.cos_floor": None}
                            )["sparse_prefill"]["out"].cos_floor is None
