@@ -19,6 +19,7 @@ def dense_decode_reference(
     causal: bool = False,
     dtype: torch.dtype = torch.float32,
     chunk_bytes: int | None = None,
+    p_dtype: torch.dtype | None = None,
 ):
     """Unrounded dense decode: out [b, s_q, h_q, head_dim_v] and lse [b, h_q, s_q] in ``dtype``.
 
@@ -58,7 +59,7 @@ def dense_decode_reference(
         valid = valid.reshape(n * h_kv, s_q * group, t_max)  # heads of a row: (query j, group member g)
         q_rows = q[i0:i1].view(n, s_q, h_kv, group, d).permute(0, 2, 1, 3, 4)  # [n, h_kv, s_q, g, d]
         q_rows = q_rows.reshape(n * h_kv, s_q * group, d).to(dtype)
-        o, l, _ = masked_attention(q_rows, keys, keys[..., :head_dim_v], valid, scale)
+        o, l, _ = masked_attention(q_rows, keys, keys[..., :head_dim_v], valid, scale, p_dtype=p_dtype)
         o = o.view(n, h_kv, s_q, group, head_dim_v).permute(0, 2, 1, 3, 4)  # [n, s_q, h_kv, g, d_v]
         out[i0:i1] = o.reshape(n, s_q, h_q, head_dim_v)
         lse[i0:i1] = l.view(n, h_kv, s_q, group).permute(0, 1, 3, 2).reshape(n, h_q, s_q)

@@ -250,7 +250,13 @@ def _probs(qc: torch.Tensor, ks: torch.Tensor, s_q: int, rows: range, scale: flo
     return probs, lse.masked_fill(empty, float("inf"))
 
 
-def _forward(q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, dtype: torch.dtype):
+def _rounded(x: torch.Tensor, p_dtype: torch.dtype | None) -> torch.Tensor:
+    """x rounded to p_dtype and back (the numerics emulation's bf16 operands); unchanged for None."""
+    return x if p_dtype is None else x.to(p_dtype).to(x.dtype)
+
+
+def _forward(q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, dtype: torch.dtype,
+             p_dtype: torch.dtype | None = None):
     out = torch.zeros(shapes.total_q, shapes.h_q, shapes.d_v, dtype=dtype, device=q.device)
     lse = torch.empty(shapes.total_q, shapes.h_q, dtype=dtype, device=q.device)
     g, q0, k0 = shapes.group, 0, 0
@@ -261,13 +267,15 @@ def _forward(q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMas
             lo, hi = q0 + rows.start, q0 + rows.stop
             qc = q[lo:hi].to(dtype).unflatten(1, (shapes.h_kv, g))  # [c, h_kv, g, d_qk]
             probs, lse_c = _probs(qc, ks, s_q, rows, scale, mask)
-            out[lo:hi] = torch.einsum("ngct,tnv->cngv", probs, vs).flatten(1, 2)  # [c, h_q, d_v]
+            out[lo:hi] = torch.einsum("ngct,tnv->cngv", _rounded(probs, p_dtype), vs).flatten(1, 2)  # [c, h_q, d_v]
             lse[lo:hi] = lse_c.flatten(0, 1).T  # [c, h_q]
         q0, k0 = q0 + s_q, k0 + s_k
     return out, lse
 
 
-def _backward(dout, q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, dtype: torch.dtype):
+def _backward(dout, q, k, v, shapes: MhaPrefillShapes, scale: float, mask: AttentionMask, dtype: torch.dtype,
+              p_dtype: torch.dtype | None = None):
+    """p_dtype (the numerics emulation): P and dS rounded to it before the dV, dQ and dK products."""
     dq = torch.zeros(shapes.total_q, shapes.h_q, shapes.d_qk, dtype=dtype, device=q.device)
     dk = torch.zeros(shapes.total_k, shapes.h_kv, shapes.d_qk, dtype=dtype, device=q.device)
     dv = torch.zeros(shapes.total_k, shapes.h_kv, shapes.d_v, dtype=dtype, device=q.device)
@@ -282,6 +290,7 @@ def _backward(dout, q, k, v, shapes: MhaPrefillShapes, scale: float, mask: Atten
             probs, _ = _probs(qc, ks, s_q, rows, scale, mask)  # P [h_kv, g, c, s_k]
             dp = torch.einsum("cngv,tnv->ngct", doc, vs)  # dP = dO V^T
             ds = probs * (dp - (probs * dp).sum(-1, keepdim=True))  # dS = P * (dP - rowsum(P * dP))
+            ds, probs = _rounded(ds, p_dtype), _rounded(probs, p_dtype)
             dq[lo:hi] = (torch.einsum("ngct,tnd->cngd", ds, ks) * scale).flatten(1, 2)  # [c, h_q, d_qk]
             dk[k0:k0 + s_k] += torch.einsum("ngct,cngd->tnd", ds, qc) * scale  # summed over the group
             dv[k0:k0 + s_k] += torch.einsum("ngct,cngv->tnv", probs, doc)  # summed over the group
@@ -293,10 +302,10 @@ class _ReferenceAttention(torch.autograd.Function):
     """Forward in ``dtype``, output cast to ``out_dtype``; backward by the chunked explicit formulas."""
 
     @staticmethod
-    def forward(ctx, q, k, v, shapes, scale, mask, dtype, out_dtype):
-        out, lse = _forward(q, k, v, shapes, scale, mask, dtype)
+    def forward(ctx, q, k, v, shapes, scale, mask, dtype, out_dtype, p_dtype=None):
+        out, lse = _forward(q, k, v, shapes, scale, mask, dtype, p_dtype)
         ctx.save_for_backward(q, k, v)
-        ctx.config = (shapes, scale, mask, dtype)
+        ctx.config = (shapes, scale, mask, dtype, p_dtype)
         lse = lse.to(torch.float32) if out_dtype != dtype else lse
         ctx.mark_non_differentiable(lse)
         return out.to(out_dtype), lse
@@ -304,9 +313,9 @@ class _ReferenceAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v = ctx.saved_tensors
-        shapes, scale, mask, dtype = ctx.config
-        dq, dk, dv = _backward(dout, q, k, v, shapes, scale, mask, dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+        shapes, scale, mask, dtype, p_dtype = ctx.config
+        dq, dk, dv = _backward(dout, q, k, v, shapes, scale, mask, dtype, p_dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
 
 
 def _check_compute_dtype(dtype: object) -> torch.dtype:
@@ -316,19 +325,24 @@ def _check_compute_dtype(dtype: object) -> torch.dtype:
 
 
 def mha_prefill_reference(q, k, v, cu_seqlens_qo, cu_seqlens_kv, *, softmax_scale=None, causal=False,
-                          window_size=(-1, -1), dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unrounded forward: (out [total_q, h_q, d_v], lse [total_q, h_q]), both in ``dtype``."""
+                          window_size=(-1, -1), dtype=torch.float32, p_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unrounded forward: (out [total_q, h_q, d_v], lse [total_q, h_q]), both in ``dtype``.
+
+    p_dtype: None, or the dtype P is rounded to before P @ V (the numerics emulation)."""
     check_mha_options(0.0, softmax_scale, causal, False, True)
     mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv)
     dtype = _check_compute_dtype(dtype)
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
-    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, dtype, dtype)
+    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, dtype, dtype, p_dtype)
 
 
 def mha_prefill_backward_reference(dout, q, k, v, cu_seqlens_qo, cu_seqlens_kv, *, softmax_scale=None,
-                                   causal=False, window_size=(-1, -1), dtype=torch.float32) -> tuple[torch.Tensor, ...]:
-    """Unrounded gradients (dq, dk, dv) in ``dtype`` for the upstream gradient ``dout`` of ``out``."""
+                                   causal=False, window_size=(-1, -1), dtype=torch.float32,
+                                   p_dtype=None) -> tuple[torch.Tensor, ...]:
+    """Unrounded gradients (dq, dk, dv) in ``dtype`` for the upstream gradient ``dout`` of ``out``.
+
+    p_dtype: None, or the dtype P and dS are rounded to before their products (the numerics emulation)."""
     check_mha_options(0.0, softmax_scale, causal, False, True)
     mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv)
@@ -341,7 +355,7 @@ def mha_prefill_backward_reference(dout, q, k, v, cu_seqlens_qo, cu_seqlens_kv, 
     dtype = _check_compute_dtype(dtype)
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
     with torch.no_grad():
-        return _backward(dout, q, k, v, shapes, scale, mask, dtype)
+        return _backward(dout, q, k, v, shapes, scale, mask, dtype, p_dtype)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,

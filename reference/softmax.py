@@ -9,13 +9,17 @@ import torch
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
-def masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scale: float):
+def masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scale: float,
+                     p_dtype: torch.dtype | None = None):
     """Softmax attention of each row's heads over that row's own key list.
 
     q [R, h, d_qk], keys [R, T, d_qk], values [R, T, d_v], valid [R, h or 1, T] (bool), all in the
     compute dtype. Invalid keys and values are masked before use, so NaN in them never leaks.
     Returns out [R, h, d_v], lse [R, h] (natural log, +inf when no entry is valid), max_logits [R, h]
     (-inf when none is valid).
+    p_dtype: None (the reference: no rounding), or the dtype the weights exp(l - max) are rounded to
+    before P @ V, the row sum still taken from the unrounded weights (the numerics emulation,
+    `numerics_emulation`: what a correct fast kernel's bf16 tensor-core product does).
     """
     keys = torch.where(valid.any(dim=1).unsqueeze(-1), keys, 0.0)  # [R, T, d_qk]
     values = torch.where(valid.any(dim=1).unsqueeze(-1), values, 0.0)  # [R, T, d_v]
@@ -26,7 +30,8 @@ def masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     shift = torch.where(empty, 0.0, max_logits)
     weights = torch.exp(logits - shift.unsqueeze(-1))  # exp(-inf) = 0 for masked entries
     total = weights.sum(dim=-1)  # [R, h]
-    out = torch.einsum("rht,rtd->rhd", weights, values) / torch.where(empty, 1.0, total).unsqueeze(-1)
+    pv = weights if p_dtype is None else weights.to(p_dtype).to(weights.dtype)
+    out = torch.einsum("rht,rtd->rhd", pv, values) / torch.where(empty, 1.0, total).unsqueeze(-1)
     lse = torch.where(empty, float("inf"), torch.log(total) + shift)
     return out, lse, max_logits
 

@@ -42,6 +42,7 @@ def sparse_decode_reference(
     head_dim_v: int = 512,
     dtype: torch.dtype = torch.float32,
     chunk_bytes: int | None = None,
+    p_dtype: torch.dtype | None = None,
 ):
     """Unrounded sparse decode: out [b, s_q, h_q, 512] and lse [b, h_q, s_q], both in ``dtype``.
 
@@ -74,7 +75,8 @@ def sparse_decode_reference(
         keys = torch.cat([k for k, _ in gathered], dim=1).to(dtype)  # [r, T_main + T_extra, d_qk]
         valid = torch.cat([v for _, v in gathered], dim=1)  # [r, T]
         values = keys[..., : model.d_v]  # V = K[:512]: NoPE only (V32), RoPE included (MODEL1)
-        o, l, _ = masked_attention(q_rows[r0:r1].to(dtype), keys, values, valid.unsqueeze(1), scale)
+        o, l, _ = masked_attention(q_rows[r0:r1].to(dtype), keys, values, valid.unsqueeze(1), scale,
+                                   p_dtype=p_dtype)
         out[r0:r1], lse[r0:r1] = o, l
 
     out = out.view(b, s_q, h_q, model.d_v)

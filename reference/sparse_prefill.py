@@ -19,6 +19,7 @@ def sparse_prefill_reference(
     topk_length: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     chunk_bytes: int | None = None,
+    p_dtype: torch.dtype | None = None,
 ):
     """Unrounded sparse prefill: out [s_q, h_q, d_v], max_logits [s_q, h_q], lse [s_q, h_q].
 
@@ -48,7 +49,8 @@ def sparse_prefill_reference(
             keys = torch.zeros(*chunk.shape, d_qk, dtype=dtype, device=q.device)
         else:
             keys = keys_all[torch.where(valid, chunk, 0).long()].to(dtype)  # [r, topk, d_qk]
-        o, l, m = masked_attention(q[r0:r1].to(dtype), keys, keys[..., :d_v], valid.unsqueeze(1), float(sm_scale))
+        o, l, m = masked_attention(q[r0:r1].to(dtype), keys, keys[..., :d_v], valid.unsqueeze(1), float(sm_scale),
+                                   p_dtype=p_dtype)
         out[r0:r1], lse[r0:r1], max_logits[r0:r1] = o, l, m
 
     out = apply_sink(out, lse, attn_sink, head_dim=1)

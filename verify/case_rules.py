@@ -28,6 +28,10 @@ SCALE_MODES = ("ue8m0", "float32")
 VALUE_MODES = ("normal", "outliers", "zero_tiles", "near_max", "mixed")
 DTYPES = ("bf16", "fp16")
 SEQLEN_MODES = ("full", "varlen", "zero")
+# value distributions of keys and queries (`distributions.PRODUCTION_DISTRIBUTIONS`, same names and order;
+# listed here so that cases stay importable without torch): FlashMLA's flat test data first, then the
+# production-like ones (peaked attention, wide logits, outlier K channels, RoPE scale, near-duplicate keys)
+DIST_MODES = ("flashmla", "peaked", "wide_logits", "outlier_channels", "rope_scaled", "near_duplicate")
 
 SPARSE_OPS = ("sparse_decode", "sparse_prefill")
 DECODE_OPS = ("sparse_decode", "dense_decode")
@@ -62,6 +66,7 @@ def validate(c) -> None:
     _check_choice("values", c.values, VALUE_MODES)
     _check_choice("dtype", c.dtype, DTYPES)
     _check_choice("seqlens", c.seqlens, SEQLEN_MODES)
+    _check_choice("dist", c.dist, DIST_MODES)
     for name in ("noncontiguous", "causal", "backward"):
         if not isinstance(getattr(c, name), bool):
             raise TypeError(f"case.{name}: expected bool, got {type(getattr(c, name)).__name__}")

@@ -35,6 +35,10 @@ Modes (string enums, see the *_MODES tuples):
 - scales: ue8m0 (production power-of-two scales) or float32 (arbitrary float32 scales; V32 only).
 - values: normal, outliers (per-tile outliers), zero_tiles (all-zero quant tiles), near_max
   (many values quantizing near the fp8 limit 448), mixed (all of the above across tokens).
+- dist (every op): the value distribution of keys and queries (`distributions.PRODUCTION_DISTRIBUTIONS`):
+  flashmla (FlashMLA's own flat test data, the default), peaked, wide_logits, outlier_channels,
+  rope_scaled, near_duplicate. Id token ``dist<name without underscores>``, e.g. ``distwidelogits``;
+  feature ``dist:<name>``.
 - seqlens (dense decode, mha): full (all at the maximum), varlen, zero (some length 0).
 - window_left / window_right (mha_prefill only): the sliding window ``window_size=(left, right)``
   of the flash_attn convention, -1 = unbounded; (-1, -1) is no window. With causal the right bound
@@ -49,11 +53,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from mlaverify.verify.case_rules import (DECODE_OPS, DTYPES, HEAD_DIMS, INVALID_MODES, MODELS, NAN_FILL_MODES,
+from mlaverify.verify.case_rules import (DECODE_OPS, DIST_MODES, DTYPES, HEAD_DIMS, INVALID_MODES, MODELS,
+                                        NAN_FILL_MODES,
                                         OPS, SCALE_MODES, SEQLEN_MODES, SINK_MODES, SPARSE_OPS,
                                         TOPK_LENGTH_MODES, VALUE_MODES, validate)
 
-__all__ = ["Case", "DECODE_OPS", "DTYPES", "HEAD_DIMS", "INVALID_MODES", "MODELS", "NAN_FILL_MODES", "OPS",
+__all__ = ["Case", "DECODE_OPS", "DIST_MODES", "DTYPES", "HEAD_DIMS", "INVALID_MODES", "MODELS", "NAN_FILL_MODES",
+           "OPS",
            "SCALE_MODES", "SEQLEN_MODES", "SINK_MODES", "SPARSE_OPS", "TOPK_LENGTH_MODES", "VALUE_MODES"]
 
 
@@ -89,6 +95,7 @@ class Case:
     backward: bool = False        # mha: also check dq, dk, dv
     window_left: int = -1         # mha: sliding window, keys t >= diag - left (-1: unbounded)
     window_right: int = -1        # mha: keys t <= diag + right (-1: unbounded; causal: -1 or 0)
+    dist: str = "flashmla"        # value distribution of keys and queries (DIST_MODES): FlashMLA's flat data
 
     def __post_init__(self) -> None:
         validate(self)
@@ -140,6 +147,7 @@ class Case:
             f.add(f"sink:{self.sink}")
             f.add(f"invalid:{self.invalid}")
         f.add(f"nan:{self.nan_fill}")
+        f.add(f"dist:{self.dist}")
         f.add("scale:default" if self.softmax_scale is None else "scale:explicit")
         if self.noncontiguous:
             f.add("noncontiguous")
@@ -258,6 +266,8 @@ def _tokens(c: Case) -> list[str]:
         t.append(_SEQ_TOKEN[c.seqlens])
     if c.backward:
         t.append("bwd")
+    if c.dist != "flashmla":
+        t.append("dist" + c.dist.replace("_", ""))
     if c.has_window:
         t.append("win" + ".".join("inf" if w < 0 else str(w) for w in c.window_size))
     t.append(f"s{c.seed}")
@@ -284,6 +294,8 @@ for _mode in INVALID_MODES[1:]:
     _ENUM_TOKENS["inv" + _mode] = ("invalid", _mode)
 for _mode in VALUE_MODES[1:]:
     _ENUM_TOKENS["val" + _mode.replace("_", "")] = ("values", _mode)
+for _mode in DIST_MODES[1:]:
+    _ENUM_TOKENS["dist" + _mode.replace("_", "")] = ("dist", _mode)
 
 _NUM_TOKENS = [  # (regex, fields)
     (re.compile(r"b(\d+)"), ("b",)),

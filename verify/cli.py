@@ -10,6 +10,7 @@
     mlaverify selftest [--bugs NAME ...] [--source explicit|ci]
     mlaverify merge A.json B.json ... -o OUT.json
     mlaverify accuracy [--formats v32,model1,bf16,...] [--distributions ...] [--preset NAME] [--impl MODULE] --out DIR
+    mlaverify calibrate --impl MODULE [--profile dev]   (verify/cli_calibrate.py)
 
 Exit codes, one meaning each:
     0    verified: at least one case ran and every case that ran passed (for gate: and no regression)
@@ -33,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mlaverify.verify import cli_accuracy, cli_options
+from mlaverify.verify import cli_accuracy, cli_calibrate, cli_options
 from mlaverify.verify.gate import GateError
 from mlaverify.verify.implementations import ImplementationError
 from mlaverify.verify.report_common import ReportError
@@ -130,6 +131,7 @@ def _build_parser() -> argparse.ArgumentParser:
     merge.add_argument("reports", nargs="+", metavar="REPORT.json")
     merge.add_argument("-o", "--output", required=True, metavar="OUT.json")
     cli_accuracy.add_parser(sub)
+    cli_calibrate.add_parser(sub)
     return p
 
 
@@ -233,8 +235,8 @@ def _merge(args, out, err) -> int:
 
 
 _COMMANDS = {"check": _check, "report": _report, "gate": _gate, "baseline": _baseline, "replay": _replay,
-             "selftest": _selftest, "merge": _merge, "accuracy": cli_accuracy.run}
-_TORCH_COMMANDS = {"check", "gate", "baseline", "replay", "selftest", "accuracy"}
+             "selftest": _selftest, "merge": _merge, "accuracy": cli_accuracy.run, "calibrate": cli_calibrate.run}
+_TORCH_COMMANDS = {"check", "gate", "baseline", "replay", "selftest", "accuracy", "calibrate"}
 
 
 def _torch_threads() -> int | None:

@@ -37,6 +37,7 @@ from mlaverify.verify.report_junit import render_junit
 from mlaverify.verify.report_markdown import render_markdown
 from mlaverify.verify.results import STATUSES, Report
 from mlaverify.verify.runner import default_device, environment, run_check
+from mlaverify.verify.budgets import DEFAULT_POLICY
 from mlaverify.verify.tolerances import apply_overrides, load_tolerances, parse_override
 
 __all__ = ["CheckOutput", "check_command", "gate_command", "baseline_command", "exit_code", "print_summary"]
@@ -91,7 +92,8 @@ def execute_check(args: argparse.Namespace, impl: Implementation, settings: dict
     report = run_check(impl, ops=ops, models=models, profile=profile, max_examples=max_examples, seed=seed,
                        shard=parse_shard(args.shard), progress=_progress_callback(args.quiet, err),
                        device=args.device, tolerance_overrides=overrides or None,
-                       corners=bool(settings.get("corners", True)), cases=cases)
+                       corners=bool(settings.get("corners", True)), cases=cases,
+                       tolerance_policy=args.tolerance_policy or settings.get("tolerance_policy") or DEFAULT_POLICY)
     report.settings["shard"] = args.shard  # as the user wrote it (1-based K/N)
     if presets:  # recorded so that a gate against this report re-runs the same presets
         report.settings["presets"], report.settings["preset_size"] = list(presets), preset_size

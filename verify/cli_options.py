@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from mlaverify.verify.budgets import DEFAULT_POLICY, POLICIES
 from mlaverify.verify.presets import PRESETS
 
 __all__ = ["add_check_options", "validate_run_options", "parse_shard", "split_list", "default_timeout",
@@ -58,6 +59,9 @@ def add_check_options(p: argparse.ArgumentParser, impl_required: bool = True) ->
     p.add_argument("--shard", default=None, metavar="K/N", help="run only shard K of N (1-based), then `merge`")
     p.add_argument("--tolerance", action="append", default=[], metavar="OP.OUTPUT.FIELD=VALUE",
                    help="override one tolerance, e.g. sparse_decode.out.atol=2e-3 (repeatable)")
+    p.add_argument("--tolerance-policy", choices=POLICIES, default=None,
+                   help=f"flashmla (fixed table), calibrated (k x the numerics emulation's error, with a floor) or "
+                        f"both (each policy that applies to a case must pass; default {DEFAULT_POLICY})")
     p.add_argument("--capabilities", default=None, metavar="PROFILE",
                    help="capability profile: full, reference or flash_mla (default: the module's own or by name)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")

@@ -125,6 +125,9 @@ class QueryParams:
     noise: float = 0.3                  # peaked: relative random component, so a query is no exact key mix
     spread_range: tuple[float, float] = (5.0, 50.0)  # wide_logits: max - min logit, log-uniform per query and head
     max_spread: float = 100.0           # peaked: the query norm never makes the logit spread exceed this
+    # (peaked and wide_logits: nor any |logit|); and a query's norm stays <= max_norm. Without both, a row
+    # with one attended key or tied keys (spread ~0) got norms ~1e20: inf in fp16, lse ~1e12
+    max_norm: float = 1e4               # fp16 holds 65504; 1e4 still reaches a spread of 50 on FlashMLA's keys
     chunk_bytes: int = 64 * 2**20       # working set of one chunk of query rows (results do not depend on it)
 
 
@@ -204,7 +207,14 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
-def _scale_to_top1(s: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, max_spread: float) -> torch.Tensor:
+def _alpha_cap(s: torch.Tensor, valid: torch.Tensor, params: "QueryParams") -> torch.Tensor:
+    """[r, h] largest alpha with every |alpha * s| <= max_spread and alpha <= max_norm (s: logits of unit q)."""
+    biggest = torch.where(valid, s.abs(), 0.0).amax(-1).clamp_min(1e-30)
+    return (params.max_spread / biggest).clamp_max(params.max_norm)
+
+
+def _scale_to_top1(s: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, max_spread: float,
+                   limit: torch.Tensor | None = None) -> torch.Tensor:
     """alpha [r, h] with top-1 softmax weight of alpha * s (masked by valid [r, 1, T]) ~ target.
 
     The top-1 weight 1 / sum exp(alpha (s_t - s_max)) grows monotonically with alpha from 1 / n, so a
@@ -217,6 +227,8 @@ def _scale_to_top1(s: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, m
     lo_t = torch.full_like(spread, -40.0)
     hi_t = torch.zeros_like(spread)  # log2(alpha / cap)
     cap = max_spread / spread
+    if limit is not None:
+        cap = torch.minimum(cap, limit)
     for _ in range(48):
         mid = (lo_t + hi_t) / 2
         alpha = cap * torch.exp2(mid)
@@ -291,7 +303,7 @@ def make_queries(g, kind: str, keys: torch.Tensor, attended_rows: torch.Tensor, 
             u = _unit(_unit((weight[r0:r1].unsqueeze(-1) * src).sum(2))
                       + params.noise * _unit(direction[r0:r1]))
             s = torch.einsum("rhd,rtd->rht", u, kk) * softmax_scale
-            alpha = _scale_to_top1(s, v, target[r0:r1], params.max_spread)
+            alpha = _scale_to_top1(s, v, target[r0:r1], params.max_spread, _alpha_cap(s, v, params))
         else:
             u = _unit(direction[r0:r1])
             s = torch.einsum("rhd,rtd->rht", u, kk) * softmax_scale
@@ -299,6 +311,7 @@ def make_queries(g, kind: str, keys: torch.Tensor, attended_rows: torch.Tensor, 
             lo = torch.where(v, s, float("inf")).amin(-1)
             spread = hi - lo
             alpha = torch.where(spread > 1e-12, target[r0:r1] / spread.clamp_min(1e-12), 1.0)
+            alpha = torch.minimum(alpha, _alpha_cap(s, v, params))
         out[r0:r1] = alpha.unsqueeze(-1) * u
     none = ~valid.any(-1)  # [R]
     out = torch.where(none.view(-1, 1, 1), flat.double(), out)

@@ -165,9 +165,9 @@ def _compare_case(base: CaseResult, cur: CaseResult, factor: float, result: Gate
             elif factor * c < max(b, floor) and b > floor:
                 result.improvements.append(change)
         bt, ct = bm.tolerance, cm.tolerance
-        looser = [f for f in ("atol", "rtol") if getattr(ct, f) > getattr(bt, f)]
-        if bt.cos is not None and (ct.cos is None or ct.cos > bt.cos):
-            looser.append("cos")
+        looser = [f for f in ("atol", "rtol", "k", "floor_rel") if getattr(ct, f) > getattr(bt, f)]
+        looser += [f for f in ("cos", "cos_floor")  # None: the bound is off
+                   if getattr(bt, f) is not None and (getattr(ct, f) is None or getattr(ct, f) > getattr(bt, f))]
         if looser:
             result.loosened.append(f"{base.id}: {name} {', '.join(looser)}: {bt.describe()} -> {ct.describe()}")
 

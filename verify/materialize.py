@@ -22,7 +22,9 @@ because the tolerance table (operations.md) is FlashMLA's and was calibrated on 
 unit-scale data a legitimate kernel that rounds the softmax weights to bf16 before P @ V (as FlashMLA
 does) exceeds it, and the engine would report bugs that are not there. The stress distributions of
 sparse decode are layered on top of that base. The table, the reasons and the stress values live in
-`mlaverify.verify.distributions`.
+`mlaverify.verify.distributions`. A case whose ``dist`` is not "flashmla" draws its keys from that
+production-like distribution and builds its queries from the keys each query attends to
+(`mlaverify.verify.production_values`); flashmla cases keep their draws unchanged.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import torch
 
 from mlaverify.reference import ModelType, cache_positions, quantize_kv_cache
 from mlaverify.verify.cases import Case
+from mlaverify.verify import production_values as prod
 from mlaverify.verify.distributions import base_values, stress_values
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -162,12 +165,17 @@ def _invalid_mask(g, mode: str, b: int, s_q: int, topk: int) -> torch.Tensor:
 
 
 # ---- FP8 caches ------------------------------------------------------------------------------
-def _fp8_cache(g, case: Case, model: ModelType, num_blocks: int, block: int) -> torch.Tensor:
+def _fp8_cache(g, case: Case, model: ModelType, num_blocks: int, block: int, keys: list) -> torch.Tensor:
     """Quantized cache [num_blocks, block, 1, bytes_per_token]; a larger block stride when non-contiguous."""
     tokens = num_blocks * block
-    k = base_values(g, "sparse_decode", "k", tokens, model.d_qk)
+    if case.dist == "flashmla":
+        k = base_values(g, "sparse_decode", "k", tokens, model.d_qk)
+    else:
+        k = prod.draw_keys(g, case, tokens)
     nope = stress_values(g, k[:, :model.d_nope].contiguous(), model.tile, case.values)
-    k = torch.cat([nope, k[:, model.d_nope:]], dim=-1).to(torch.bfloat16).view(num_blocks, block, 1, model.d_qk)
+    k = torch.cat([nope, k[:, model.d_nope:]], dim=-1)
+    keys.append(k)  # the float keys before quantization: the queries of a production distribution aim at them
+    k = k.to(torch.bfloat16).view(num_blocks, block, 1, model.d_qk)
     rounding = "none" if case.scales == "float32" else "ue8m0"
     cache = quantize_kv_cache(k, model, scale_rounding=rounding)
     u8 = cache.view(torch.uint8)
@@ -199,8 +207,9 @@ def _poison_fp8(cache: torch.Tensor, positions: torch.Tensor, model: ModelType) 
         flat[(start.view(-1, 1) + torch.arange(length).view(1, -1)).reshape(-1)] = 0xFF
 
 
-def _decode_list(g, case: Case, model, seq: int, topk: int, block: int, length_mode: str, invalid):
-    """One sparse-decode index list: (cache, indices [b, s_q, topk] int32, topk_length)."""
+def _decode_list(g, case: Case, model, seq: int, topk: int, block: int, length_mode: str, invalid, keys: list):
+    """One sparse-decode index list: (cache, indices [b, s_q, topk] int32, topk_length); appends to `keys`
+    (float keys before quantization) and to `keys` the considered cache rows [b, s_q, topk] (-1 else)."""
     b, s_q = case.b, case.s_q
     per_seq = max(1, -(-seq // block))
     num_blocks = b * per_seq + 1  # one spare block nobody references
@@ -209,8 +218,9 @@ def _decode_list(g, case: Case, model, seq: int, topk: int, block: int, length_m
     tokens = torch.where(invalid, -1, tokens)
     positions = cache_positions(tokens, table, block)  # [b, s_q, topk] int64, -1 kept
     lengths = _lengths(g, length_mode, b, topk)
-    cache = _fp8_cache(g, case, model, num_blocks, block)
+    cache = _fp8_cache(g, case, model, num_blocks, block, keys)
     considered = _considered(lengths, s_q, positions.shape) & (positions >= 0)
+    keys.append(prod.considered_rows(positions, considered))
     keep = positions[considered] if case.nan_fill == "all" else positions[positions >= 0]
     if case.nan_fill != "none":
         unused = torch.ones(num_blocks * block, dtype=torch.bool)
@@ -222,18 +232,25 @@ def _decode_list(g, case: Case, model, seq: int, topk: int, block: int, length_m
 def _sparse_decode(case: Case, g):
     model = ModelType.V32 if case.model == "v32" else ModelType.MODEL1
     b, s_q, h_q = case.b, case.s_q, case.h_q
-    q = base_values(g, "sparse_decode", "q", b, s_q, h_q, model.d_qk).to(torch.bfloat16)
+    flat = case.dist == "flashmla"
+    q = base_values(g, "sparse_decode", "q", b, s_q, h_q, model.d_qk).to(torch.bfloat16) if flat else None
     invalid = _invalid_mask(g, case.invalid, b, s_q, case.topk)
+    keys: list = []  # per list: float keys [N, d_qk], considered rows [b, s_q, topk]
     cache, indices, lengths = _decode_list(g, case, model, case.s_kv, case.topk, case.page_block_size,
-                                           case.topk_length, invalid)
+                                           case.topk_length, invalid, keys)
     extra = (None, None, None)
     if case.has_extra:
         x_invalid = _invalid_mask(g, case.invalid, b, s_q, case.extra_topk)
         if case.invalid == "batch":  # the same batch entry is invalid in both lists
             x_invalid = invalid.all(-1, keepdim=True).expand(b, s_q, case.extra_topk)
         extra = _decode_list(g, case, model, case.extra_s_kv, case.extra_topk, case.extra_page_block_size,
-                             case.extra_topk_length, x_invalid)
+                             case.extra_topk_length, x_invalid, keys)
     sink = _sink(g, case.sink, h_q)
+    if not flat:  # the main and extra keys as one table, the extra rows offset past the main ones
+        n_main = keys[0].shape[0]
+        rows = [keys[1]] + ([torch.where(keys[3] >= 0, keys[3] + n_main, -1)] if case.has_extra else [])
+        scale = case.softmax_scale if case.softmax_scale is not None else model.d_qk ** -0.5
+        q = prod.draw_queries(g, case, torch.cat(keys[0::2]), torch.cat(rows, dim=-1), scale, h_q).to(torch.bfloat16)
     if case.noncontiguous:
         q = _strided_copy(q, 2, h_q, float("nan"))
         indices = _strided_copy(indices, 1, 1, 0)
@@ -261,8 +278,10 @@ def _invalid_values(g, count: int, s_kv: int) -> torch.Tensor:
 
 def _sparse_prefill(case: Case, g):
     d_qk, s_q, s_kv, topk = case.d_qk, case.s_q, case.s_kv, case.topk
-    q = base_values(g, "sparse_prefill", "q", s_q, case.h_q, d_qk).to(torch.bfloat16)
-    kv = base_values(g, "sparse_prefill", "kv", s_kv, 1, d_qk).to(torch.bfloat16)
+    flat = case.dist == "flashmla"
+    q = base_values(g, "sparse_prefill", "q", s_q, case.h_q, d_qk).to(torch.bfloat16) if flat else None
+    kv_f = base_values(g, "sparse_prefill", "kv", s_kv, 1, d_qk) if flat else prod.draw_keys(g, case, s_kv)
+    kv = kv_f.view(s_kv, 1, d_qk).to(torch.bfloat16)
     tokens = _token_lists(g, s_q, topk, s_kv)  # [s_q, topk], -1 where topk > s_kv
     tokens = torch.where(_invalid_mask(g, case.invalid, 1, s_q, topk)[0], -1, tokens)
     bad = tokens < 0
@@ -270,6 +289,10 @@ def _sparse_prefill(case: Case, g):
     lengths = _lengths(g, case.topk_length, s_q, topk)
     sink = _sink(g, case.sink, case.h_q)
     valid = (tokens >= 0) & (tokens < s_kv)
+    scale = case.softmax_scale if case.softmax_scale is not None else d_qk ** -0.5
+    if not flat:
+        rows = prod.considered_rows(tokens, valid & _considered(lengths, 1, tokens.shape))
+        q = prod.draw_queries(g, case, kv_f.view(s_kv, d_qk), rows, scale, case.h_q).to(torch.bfloat16)
     if case.nan_fill != "none":
         use = valid & _considered(lengths, 1, tokens.shape) if case.nan_fill == "all" else valid
         unused = torch.ones(s_kv, dtype=torch.bool)
@@ -281,7 +304,6 @@ def _sparse_prefill(case: Case, g):
         kv = _strided_copy(kv, 1, 1, float("nan"))
         indices = _strided_copy(indices, 1, 1, 0)
     tensors = {"q": q, "kv": kv, "indices": indices, "topk_length": lengths, "attn_sink": sink}
-    scale = case.softmax_scale if case.softmax_scale is not None else d_qk ** -0.5
     return tensors, {"softmax_scale": case.softmax_scale, "sm_scale": scale}
 
 
@@ -305,8 +327,15 @@ def _dense_decode(case: Case, g):
     table = torch.randperm(b * per_seq, generator=g).view(b, per_seq)
     used = torch.arange(per_seq).view(1, -1) * block < lens.view(-1, 1)
     table = torch.where(used, table, spare)  # entries past a sequence: garbage (the spare block)
-    q = base_values(g, "dense_decode", "q", b, s_q, h_q, d).to(dtype)
-    k = base_values(g, "dense_decode", "k", num_blocks, block, h_kv, d).to(dtype)
+    if case.dist == "flashmla":
+        q = base_values(g, "dense_decode", "q", b, s_q, h_q, d).to(dtype)
+        k = base_values(g, "dense_decode", "k", num_blocks, block, h_kv, d).to(dtype)
+    else:
+        k_f = torch.stack([prod.draw_keys(g, case, num_blocks * block) for _ in range(h_kv)], dim=1)
+        rows = prod.dense_decode_rows(table, lens, s_q, block, case.causal, case.s_kv)
+        scale = case.softmax_scale if case.softmax_scale is not None else d ** -0.5
+        q = prod.grouped_queries(g, case, k_f, rows, scale, h_q).to(dtype)
+        k = k_f.view(num_blocks, block, h_kv, d).to(dtype)
     if case.nan_fill == "all":
         live = torch.zeros(num_blocks * block, dtype=torch.bool)
         for i in range(b):
@@ -330,9 +359,16 @@ def _mha_prefill(case: Case, g):
     cu_q = torch.cat([torch.zeros(1, dtype=torch.int64), lq.cumsum(0)]).to(torch.int32)
     cu_k = torch.cat([torch.zeros(1, dtype=torch.int64), lk.cumsum(0)]).to(torch.int32)
     tq, tk = int(cu_q[-1]), int(cu_k[-1])
-    q = base_values(g, "mha_prefill", "q", tq, case.h_q, case.d_qk).to(dtype)
-    k = base_values(g, "mha_prefill", "k", tk, case.h_kv, case.d_qk).to(dtype)
-    v = base_values(g, "mha_prefill", "v", tk, case.h_kv, case.d_v).to(dtype)
+    if case.dist == "flashmla":
+        q = base_values(g, "mha_prefill", "q", tq, case.h_q, case.d_qk).to(dtype)
+        k = base_values(g, "mha_prefill", "k", tk, case.h_kv, case.d_qk).to(dtype)
+        v = base_values(g, "mha_prefill", "v", tk, case.h_kv, case.d_v).to(dtype)
+    else:  # v takes the key kind too (outlier channels, near duplicates), without a RoPE part
+        k_f = prod.draw_keys(g, case, tk * case.h_kv).view(tk, case.h_kv, case.d_qk)
+        v = prod.draw_keys(g, case, tk * case.h_kv, case.d_v, "v", d_rope=0).view(tk, case.h_kv, case.d_v).to(dtype)
+        scale = case.softmax_scale if case.softmax_scale is not None else case.d_qk ** -0.5
+        q = prod.grouped_queries(g, case, k_f, prod.mha_rows(lq, lk, case), scale, case.h_q).to(dtype)
+        k = k_f.to(dtype)
     dout = base_values(g, "mha_prefill", "dout", tq, case.h_q, case.d_v).to(dtype) if case.backward else None
     if case.noncontiguous:
         q = _strided_copy(q, 2, 16, float("nan"))

@@ -66,22 +66,35 @@ class Tolerance:
     atol: float                 # element passes when |a - r| < atol ...
     rtol: float                 # ... or |a - r| / |r| < rtol
     cos: float | None = None    # global bound on 1 - 2<a,r>/(|a|^2+|r|^2); None: not checked
+    # calibrated policy (`budgets`): budget = max(floor, k x the numerics emulation's error) on max abs and
+    # p99 abs error (floor = floor_rel x max |ref|); max(cos_floor, k^2 x emulation's) on the cosine difference
+    k: float = 2.0                  # flash-attention's tests allow 2x a same-precision emulation's error
+    floor_rel: float = 2.0**-8      # one bf16 ulp at the output's largest magnitude: the output rounding itself
+    cos_floor: float | None = 1e-6  # ~ the cosine difference the bf16 output rounding alone gives (6e-7)
 
     def describe(self) -> str:
         text = f"allowed {self.atol:.3g} abs or {self.rtol:.4g} rel"
         return text + (f", cos diff {self.cos:.3g}" if self.cos is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"atol": self.atol, "rtol": self.rtol, "cos": self.cos}
+        return {"atol": self.atol, "rtol": self.rtol, "cos": self.cos, "k": self.k, "floor_rel": self.floor_rel,
+                "cos_floor": self.cos_floor}
+
+    def describe_budget(self) -> str:
+        cos = f", cos max({self.cos_floor:.3g}, k^2 x emulation)" if self.cos_floor is not None else ""
+        return f"budget max({self.floor_rel:.3g} x max|ref|, {self.k:g} x emulation error){cos}"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Tolerance":
-        return cls(float(d["atol"]), float(d["rtol"]), None if d.get("cos") is None else float(d["cos"]))
+        """Reports written before the calibrated policy lack k/floor_rel/cos_floor: the defaults apply."""
+        extra = {k: (None if d[k] is None else float(d[k])) for k in ("k", "floor_rel", "cos_floor") if k in d}
+        return cls(float(d["atol"]), float(d["rtol"]), None if d.get("cos") is None else float(d["cos"]), **extra)
 
 
 _FLOAT_METRICS = ("mismatch_fraction", "max_abs", "max_rel", "cos_diff", "max_ulp", "p99_ulp",
                   "worst_value", "worst_ref", "ref_absmax", "ref_rms", "rel_floor", "elem_ratio", "cos_ratio",
-                  "tol_ratio")
+                  "tol_ratio", "p99_abs", "emu_max_abs", "emu_p99_abs", "emu_cos_diff", "budget_max_abs",
+                  "budget_p99_abs", "budget_cos", "budget_ratio", "emu_ratio")
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,19 @@ class TensorMetrics:
     elem_ratio: float = 0.0                     # max |a - r| / max(atol, rtol |r|): < 1 passes
     cos_ratio: float | None = None              # cos_diff / tolerance.cos (None: no bound or no direction)
     tol_ratio: float = 0.0                      # max(elem_ratio, cos_ratio): how close to failing (inf: NaN/inf)
+    # tolerance policies (`budgets`): which judged this output, and the calibrated policy's numbers
+    policy: str = "flashmla"                    # "flashmla", "calibrated" or "flashmla+calibrated": which judged
+    flashmla_passed: bool | None = None         # the fixed table's verdict (None: not computed)
+    calibrated_passed: bool | None = None       # the calibrated budget's verdict (None: not computed)
+    p99_abs: float | None = None                # the kernel's 99th-percentile abs error (finite elements)
+    emu_max_abs: float | None = None            # the numerics emulation's errors against the same reference
+    emu_p99_abs: float | None = None
+    emu_cos_diff: float | None = None
+    budget_max_abs: float | None = None         # max(floor, k x emulation error) per metric
+    budget_p99_abs: float | None = None
+    budget_cos: float | None = None
+    budget_ratio: float | None = None           # max over the metrics of kernel error / budget: <= 1 passes
+    emu_ratio: float | None = None              # kernel max abs / emulation max abs (None: emulation exact)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

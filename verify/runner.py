@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from mlaverify.verify import budgets
 from mlaverify.verify.cases import MODELS, OPS, Case
 from mlaverify.verify.compare import compare_tensor
 from mlaverify.verify.impl_call import describe_exception
@@ -40,7 +41,8 @@ from mlaverify.verify.implementations import Capabilities, Implementation, load_
 from mlaverify.verify.materialize import materialize
 from mlaverify.verify.ops import ADAPTERS
 from mlaverify.verify.results import CaseResult, Report
-from mlaverify.verify.strategies import case_strategy, corner_cases, draw_cases, profile_settings
+from mlaverify.verify.strategies import (case_strategy, corner_cases, draw_cases, production_cases,
+                                        profile_settings)
 from mlaverify.verify.tolerances import ToleranceTable, load_tolerances, table_to_dict
 Progress = Callable[[int, int, CaseResult], None]
 
@@ -50,8 +52,9 @@ def default_device() -> str:
 
 
 def run_case(impl: Implementation, case: Case, tolerances: ToleranceTable | None = None,
-             device: str | torch.device | None = None, checks: Sequence[str] = CHECKS) -> CaseResult:
-    """Verify one case; never raises for anything the implementation does."""
+             device: str | torch.device | None = None, checks: Sequence[str] = CHECKS,
+             policy: str = budgets.DEFAULT_POLICY) -> CaseResult:
+    """Verify one case; never raises for anything the implementation does. `policy`: `budgets.POLICIES`."""
     start = time.perf_counter()
     device = torch.device(device or default_device())
     tolerances = tolerances if tolerances is not None else load_tolerances()
@@ -69,6 +72,7 @@ def run_case(impl: Implementation, case: Case, tolerances: ToleranceTable | None
         inputs = materialize(case, device)
         expected = adapter.expected(inputs)
         reference = adapter.reference(inputs)
+        emulated = emulate(adapter, inputs) if budgets.needs_emulation(policy) else None
     except Exception as exc:
         return done("error", f"engine could not prepare the case: {describe_exception(exc)}")
     run = impl.run(case, device, [c for c in checks if impl.capabilities.claims_check(c)])
@@ -77,13 +81,25 @@ def run_case(impl: Implementation, case: Case, tolerances: ToleranceTable | None
     metrics = {}
     for name in adapter.outputs(inputs):
         shape, dtype = expected[name]
-        metrics[name] = compare_tensor(name, run.outputs[name], reference[name], tol[name],
-                                       expected_shape=shape, expected_dtype=dtype)
+        metrics[name] = budgets.judge(compare_tensor(name, run.outputs[name], reference[name], tol[name],
+                                                     expected_shape=shape, expected_dtype=dtype),
+                                      run.outputs[name], None if emulated is None else emulated[name],
+                                      reference[name], tol[name], case.dist, policy)
     if run.engine_error:
         return done("error", run.engine_error, outputs=metrics)
     failures = [m.message for m in metrics.values() if not m.passed]
     failures += [f"{c.name}: {c.reason}" for c in run.checks.values() if not c.passed]
     return done("fail" if failures else "pass", "; ".join(failures), outputs=metrics, checks=run.checks)
+
+
+def emulate(adapter, inputs) -> dict[str, torch.Tensor]:
+    """The numerics emulation's outputs for the engine's inputs (`mlaverify.reference.numerics_emulation`)."""
+    from mlaverify.reference import numerics_emulation
+
+    result = adapter.unpack(adapter.call(numerics_emulation, inputs), inputs)
+    if isinstance(result, str):
+        raise RuntimeError(f"numerics emulation: {result}")
+    return result
 
 
 def shard_of(case: Case, count: int) -> int:
@@ -112,6 +128,7 @@ def generate_cases(ops: Iterable[str] | None = None, models: Iterable[str] | Non
             if models is None or model in models:
                 cases += corner_cases(op, model) if corners else []
                 cases += draw_cases(case_strategy(op, model, scale), max_examples, seed, profile)
+                cases += production_cases(op, model, scale, max_examples, seed, profile, corners)
     return list({c.id: c for c in cases}.values())
 
 
@@ -135,12 +152,14 @@ def run_check(impl_spec, ops: Iterable[str] | None = None, models: Iterable[str]
               device: str | torch.device | None = None, tolerances: ToleranceTable | None = None,
               tolerance_overrides: Mapping | None = None, capabilities: str | Mapping | Capabilities | None = None,
               cases: Sequence[Case] | None = None, checks: Sequence[str] = CHECKS, corners: bool = True,
-              isolate: bool = False, timeout_s: float | None = None) -> Report:
+              isolate: bool = False, timeout_s: float | None = None,
+              tolerance_policy: str = budgets.DEFAULT_POLICY) -> Report:
     """Verify an implementation (module name, .py path, module or Implementation); see module docstring.
 
     ``isolate`` runs a module given by name or path in a worker process (``timeout_s`` per case). Ctrl-C
     stops the run: the report holds the cases done so far and ``run_status == "interrupted"``."""
     device = torch.device(device or default_device())
+    budgets.check_policy(tolerance_policy)
     if tolerances is None:
         tolerances = load_tolerances(overrides=tolerance_overrides)
     unknown = [c for c in checks if c not in CHECKS]
@@ -162,7 +181,7 @@ def run_check(impl_spec, ops: Iterable[str] | None = None, models: Iterable[str]
     results, run_status = [], "complete"
     try:
         for i, case in enumerate(todo):
-            results.append(run_case(impl, case, tolerances, device, checks))
+            results.append(run_case(impl, case, tolerances, device, checks, tolerance_policy))
             if progress is not None:
                 progress(i + 1, len(todo), results[-1])
     except KeyboardInterrupt:
@@ -175,7 +194,7 @@ def run_check(impl_spec, ops: Iterable[str] | None = None, models: Iterable[str]
         "profile": profile, "max_examples": max_examples if max_examples is not None
         else profile_settings(profile).max_examples, "seed": seed, "shard": None if shard is None else list(shard),
         "device": str(device), "scale": scale, "checks": list(checks), "explicit_cases": cases is not None, "corners": corners,
-        "tolerances": table_to_dict(tolerances), "isolation": impl.mode,
+        "tolerances": table_to_dict(tolerances), "tolerance_policy": tolerance_policy, "isolation": impl.mode,
         "timeout_s": getattr(impl.runner, "timeout_s", None), "selected": len(todo),
     }
     env = {**environment(device), **(getattr(impl.runner, "environment", None) or {})}

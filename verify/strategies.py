@@ -17,7 +17,8 @@ Explicit softmax scales include the one FlashMLA's own tests use for the op
 (`distributions.flashmla_softmax_scale`); mha cases carry a sliding window a third of the time
 (each bound unbounded, 0, small or beyond the longest sequence; causal ones right bound -1 or 0).
 `corner_cases(op, model)` lists a few hand-picked small cases combining the hardest features;
-`runner.generate_cases` runs them before the drawn ones.
+`runner.generate_cases` runs them before the drawn ones. The strategies draw FlashMLA's flat data
+(`Case.dist` "flashmla"); `production_cases` adds the production-like distributions on top.
 `draw_cases` runs the strategy under a given profile with `hypothesis.seed(seed)` and collects
 the drawn cases (generate phase only), so the same (profile, seed, max_examples) always yields
 the same list.
@@ -30,7 +31,7 @@ import hypothesis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-from mlaverify.verify.cases import (HEAD_DIMS, INVALID_MODES, MODELS, NAN_FILL_MODES, SINK_MODES,
+from mlaverify.verify.cases import (DIST_MODES, HEAD_DIMS, INVALID_MODES, MODELS, NAN_FILL_MODES, SINK_MODES,
                                     TOPK_LENGTH_MODES, VALUE_MODES, Case)
 from mlaverify.verify.distributions import flashmla_softmax_scale
 
@@ -266,3 +267,29 @@ def corner_cases(op: str, model: str) -> list[Case]:
     """Hand-picked small cases that combine the hardest features of an op (run before the drawn ones)."""
     case_strategy(op, model)  # validates op and model
     return _CORNERS[op](model)
+
+
+PRODUCTION_DISTS = DIST_MODES[1:]  # every distribution but FlashMLA's flat data (the strategies' own)
+
+
+def production_cases(op: str, model: str, scale: str = "cpu", max_examples: int | None = None, seed: int = 0,
+                     profile: str = "ci", corners: bool = True) -> list[Case]:
+    """Cases of the production-like distributions (peaked, wide logits, outlier channels, RoPE scale,
+    near duplicates) for one op and model, on top of the flat ones the strategies draw:
+    - with `corners`, one corner case per distribution (the j-th distribution takes corner j modulo
+      their count, with its own seed), so every profile, ci included, runs every distribution;
+    - n // 8 drawn cases per distribution, n the profile's example count (ci's 6: none, so ci's drawn
+      cases and the committed baseline stay as they were; dev 3, thorough 25), each distribution with
+      its own hypothesis seed.
+    """
+    out: list[Case] = []
+    if corners:
+        base = corner_cases(op, model)
+        out += [base[j % len(base)].replace(dist=d, seed=base[j % len(base)].seed + 100 * (j + 1))
+                for j, d in enumerate(PRODUCTION_DISTS)]
+    n = profile_settings(profile).max_examples if max_examples is None else max_examples
+    if n // 8:
+        for j, d in enumerate(PRODUCTION_DISTS):
+            strategy = case_strategy(op, model, scale).map(lambda c, d=d: c.replace(dist=d))
+            out += draw_cases(strategy, n // 8, seed + 1000 * (j + 1), profile)
+    return out

@@ -1,7 +1,9 @@
 """The engine reports no bug where there is none, and still reports the bugs that are there.
 
-`flashmla_numerics` is a correct FlashMLA API with FlashMLA's legitimate rounding (bf16 softmax
-weights before P @ V, bf16 dS in the MHA backward). Every case of the `ci` profile must pass it;
+`flashmla_numerics` (= `mlaverify.reference.numerics_emulation`) is a correct FlashMLA API with
+FlashMLA's legitimate rounding (bf16 softmax weights before P @ V, bf16 dS in the MHA backward).
+Every case of the `ci` profile (its flat and its production-like cases) must pass it, the reference
+and the kernels under the default tolerance policy (`dev` too, behind the slow marker);
 every planted bug must still fail on the same cases. A unit-scale variant of the value
 distributions shows why materialize draws FlashMLA's distributions: on unit-scale data the same
 legitimate numerics exceed FlashMLA's tolerances, which were calibrated on FlashMLA's data.
@@ -35,6 +37,40 @@ def test_flashmla_numerics_pass_every_ci_case():
     assert report.summary["pass"] == len(CI_CASES)
     # the emulation is not the reference: its bf16 rounding of P shows up as nonzero errors
     assert max(m.max_abs for c in report.cases for m in c.outputs.values()) > 0
+
+
+def test_ci_cases_draw_every_production_distribution_for_every_op_and_model():
+    from mlaverify.verify.cases import DIST_MODES
+
+    pairs = {(c.op, c.model, c.dist) for c in CI_CASES}
+    assert pairs == {(op, model, d) for op, model in {(c.op, c.model) for c in CI_CASES} for d in DIST_MODES}
+
+
+@pytest.mark.parametrize("impl", ["mlaverify.reference"])  # the emulation: test_flashmla_numerics_pass_every_ci_case
+def test_no_false_alarm_under_the_default_policy_on_every_ci_case(impl):
+    report = run_check(impl, cases=CI_CASES, device="cpu")
+    assert report.settings["tolerance_policy"] == "both"
+    failures = [f"{c.case.id}: {c.status}: {c.reason}" for c in report.cases if c.status != "pass"]
+    assert not failures, f"{impl} reported as wrong:\n" + "\n".join(failures)
+    judged = {m.policy for c in report.cases for m in c.outputs.values()}
+    assert judged == {"flashmla+calibrated", "calibrated"}
+
+
+def test_kernels_pass_every_production_ci_case_under_the_default_policy():
+    # the flat ci cases are the committed baseline's (the gate runs them); these are the new ones
+    cases = [c for c in CI_CASES if c.dist != "flashmla"]
+    report = run_check("mlaverify.kernels", cases=cases, device="cpu")
+    failures = [f"{c.case.id}: {c.status}: {c.reason}" for c in report.cases if c.status != "pass"]
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["mlaverify.reference.numerics_emulation", "mlaverify.reference", "mlaverify.kernels"])
+@pytest.mark.parametrize("profile", ["ci", "dev"])
+def test_no_false_alarm_on_every_case_of_the_profile(impl, profile):
+    report = run_check(impl, cases=generate_cases(profile=profile), device="cpu")
+    failures = [f"{c.case.id}: {c.status}: {c.reason}" for c in report.cases if c.status != "pass"]
+    assert not failures, f"{impl} / {profile}:\n" + "\n".join(failures)
 
 
 @pytest.mark.parametrize("name", planted.names())

@@ -39,7 +39,8 @@ def test_replay_file_is_plain_json_with_everything_needed(tmp_path, failing):
     assert data["kind"] == REPLAY_KIND and data["schema_version"] == 1
     assert data["case"]["seed"] == data["seed"] == 17
     assert data["tool"]["version"] == tool_version()
-    assert data["tolerances"]["out"] == {"atol": 1e-3, "rtol": 2.01 / 128, "cos": 5e-6}
+    assert data["tolerances"]["out"] == {"atol": 1e-3, "rtol": 2.01 / 128, "cos": 5e-6,  # the fixed table ...
+                                         "k": 2.0, "floor_rel": 2.0**-8, "cos_floor": 1e-6}  # ... and the budget
     assert data["implementation"] == "mlaverify.verify.planted.sink_ignored"
     replay = load_replay(path)
     assert replay.case == SINK_CASE and replay.status == "fail" and replay.tolerances == failing.tolerances

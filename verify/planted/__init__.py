@@ -17,10 +17,11 @@ from .dense_bugs import BUGS as _DENSE_BUGS
 from .drift import DRIFT
 from .mha_bugs import BUGS as _MHA_BUGS
 from .prefill_bugs import BUGS as _PREFILL_BUGS
+from .softmax_bugs import BUGS as _SOFTMAX_BUGS
 
 __all__ = ["PlantedBug", "BUGS", "CLEAN", "DRIFT", "get", "module_for", "names"]
 
-BUGS: tuple[PlantedBug, ...] = tuple(_DECODE_BUGS + _PREFILL_BUGS + _DENSE_BUGS + _MHA_BUGS)
+BUGS: tuple[PlantedBug, ...] = tuple(_DECODE_BUGS + _PREFILL_BUGS + _DENSE_BUGS + _MHA_BUGS + _SOFTMAX_BUGS)
 CLEAN = "mlaverify.verify.planted.clean"  # the reference API unchanged (MHA included), importable by name
 
 _BY_NAME = {bug.name: bug for bug in BUGS}
