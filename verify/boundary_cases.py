@@ -13,12 +13,10 @@ page-block assignments, so the two models never run identical draws.
 """
 from __future__ import annotations
 
-import math
-
 from mlaverify.verify.cases import Case
-from mlaverify.verify.kernel_tiles import around, kernel_tiles
+from mlaverify.verify.kernel_tiles import around, kernel_tiles, sparse_decode_splits
 
-__all__ = ["BOUNDARY_CLASSES", "PAGE_BLOCKS", "GQA_GROUPS", "boundary_cases", "case_class"]
+__all__ = ["BOUNDARY_CLASSES", "PAGE_BLOCKS", "GQA_GROUPS", "boundary_cases", "case_class", "extra_cases"]
 
 # page block sizes of the issue: odd, one off a power of two, FlashMLA's 64 and the MODEL1 sizes
 PAGE_BLOCKS = (1, 2, 61, 63, 64, 65, 69, 128, 256, 576)
@@ -60,66 +58,68 @@ def _rotate(seq, model: str) -> tuple:
     return tuple(seq[k:]) + tuple(seq[:k])
 
 
-def _empty_last_split(split: int, tile: int, lo: int, hi: int, splits: int) -> int:
-    """A length in [lo, hi] whose chunks (rounded to tiles) leave the last of `splits` splits empty."""
+def _empty_last_split(lo: int, hi: int) -> int:
+    """A length in [lo, hi] whose splits (rounded to whole tiles by the kernel) leave the last one empty."""
     for n in range(lo, hi + 1):
-        count = min(splits, math.ceil(n / split))
-        chunk = math.ceil(math.ceil(n / count) / tile) * tile
-        if chunk * (count - 1) >= n:
+        count, chunk = sparse_decode_splits(n)
+        if count > 1 and chunk * (count - 1) >= n:
             return n
-    return lo
+    raise RuntimeError(f"boundary cases: no length in [{lo}, {hi}] leaves the last sparse decode split empty")
 
 
 def _sparse_decode(model: str) -> list[Case]:
     t = kernel_tiles()["sparse_decode"]
     out: list[Case] = []
     base = dict(op="sparse_decode", model=model)
-    lengths = sorted({n for tile in t.list_tiles for n in around(tile)} | {t.split - 1, t.split, t.split + 1})
+    # one list of exactly n considered entries over several pages: tile edges, the split size's edges
+    lengths = sorted({n for tile in t.list_tiles for n in around(tile)} | {t.split + 1})
     pbs = _rotate(PAGE_BLOCKS, model)
-    for i, n in enumerate(lengths):  # one list of exactly n considered entries, over several pages
+    for i, n in enumerate(lengths):
         pb = pbs[i % len(pbs)]
         _add(out, "tile", Case(**base, seed=_model_seed(model, i), b=1, s_q=1, h_q=2, s_kv=max(n + 40, 3 * pb + pb // 2),
                                topk=n, page_block_size=pb, topk_length="full" if i % 2 else "none", sink="finite"))
-    long = _empty_last_split(t.split, max(t.list_tiles), 8 * t.split + 1, 2100, 8)
-    for j, (n, pb) in enumerate(((8 * t.split + 1, pbs[-1]), (long, 576))):
-        _add(out, "split", Case(**base, seed=_model_seed(model, 20 + j), b=1, s_q=1, h_q=1, s_kv=n + 300, topk=n,
-                                page_block_size=pb))
-    for j, pb in enumerate(pbs[:6]):  # the remaining page sizes, with an extra cache of another size
-        xpb = pbs[(j + 5) % len(pbs)]
-        _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=1, s_q=1, h_q=2, s_kv=3 * pb + pb // 2 + 1,
-                               topk=96, page_block_size=pb, extra_s_kv=2 * xpb + 5, extra_topk=40,
-                               extra_page_block_size=xpb, extra_topk_length="full"))
-    _add(out, "head_tile2", Case(**base, seed=_model_seed(model, 40), b=1, s_q=1, h_q=128, s_kv=300, topk=100,
-                                 page_block_size=64, sink="finite", topk_length="full"))
+    count, _ = sparse_decode_splits(2100)  # the most splits one short row gets on CPU
+    edge = _empty_last_split(count * t.split + 1, 2100)  # past `count` minimal splits, the last one empty
+    _add(out, "split", Case(**base, seed=_model_seed(model, 20), b=1, s_q=1, h_q=1, s_kv=edge + 300, topk=edge,
+                            page_block_size=pbs[len(lengths)]))
+    rest = pbs[len(lengths) + 1:]
+    for j in range(0, len(rest), 2):  # the remaining page sizes: main and extra cache, several pages each
+        pb, xpb = rest[j], rest[(j + 1) % len(rest)]
+        _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=1, s_q=1, h_q=2,
+                               s_kv=max(3 * pb + pb // 2 + 1, 120), topk=96, page_block_size=pb,
+                               extra_s_kv=max(2 * xpb + xpb // 2 + 1, 50), extra_topk=40, extra_page_block_size=xpb,
+                               extra_topk_length="full"))
+    _add(out, "head_tile2", Case(**base, seed=_model_seed(model, 40), b=1, s_q=2, h_q=128, s_kv=300, topk=100,
+                                 page_block_size=64, sink="finite", topk_length="full", q_transposed=True))
     _add(out, "topk_tail", Case(**base, seed=_model_seed(model, 41), b=2, s_q=1, h_q=2, s_kv=400, topk=200,
                                 page_block_size=pbs[1], topk_length="partial", extra_s_kv=300, extra_topk=100,
-                                extra_page_block_size=pbs[2], extra_topk_length="partial", sink="finite"))
-    _add(out, "q_head_stride", Case(**base, seed=_model_seed(model, 42), b=1, s_q=3, h_q=16, s_kv=100, topk=48,
-                                    page_block_size=64, q_transposed=True))
-    _add(out, "duplicates", Case(**base, seed=_model_seed(model, 43), b=1, s_q=2, h_q=2, s_kv=100, topk=40,
-                                 page_block_size=pbs[3], extra_s_kv=60, extra_topk=20, extra_page_block_size=2,
-                                 duplicates=True))
+                                extra_page_block_size=pbs[2], extra_topk_length="partial", sink="finite",
+                                duplicates=True))
     return out
+
+
+def _edges(tiles: tuple[int, ...]) -> list[int]:
+    """around() the largest tile, and each smaller tile's two neighbours."""
+    big = max(tiles)
+    return sorted(set(around(big)) | {n for t in tiles if t != big for n in (t - 1, t, t + 1)})
 
 
 def _sparse_prefill(model: str) -> list[Case]:
     t = kernel_tiles()["sparse_prefill"]
     out: list[Case] = []
     base = dict(op="sparse_prefill", model=model)
-    lengths = sorted({n for tile in t.list_tiles for n in around(tile)})
-    for i, n in enumerate(lengths + [600 + 7 * (model == "model1"), 700]):  # past the CPU draws' 576
-        _add(out, "tile" if n <= 576 else "split", Case(**base, seed=_model_seed(model, i), s_q=2 if n < 600 else 1,
-                                                      h_q=2, s_kv=n + 30, topk=n,
-                                                      topk_length="full" if i % 2 else "none", sink="finite"))
-    for j, h in enumerate(sorted({2 * tile for tile in t.head_tiles} | {max(t.head_tiles) + 16})):
-        _add(out, "head_tile2", Case(**base, seed=_model_seed(model, 40 + j), s_q=1, h_q=h, s_kv=200, topk=100,
-                                     sink="finite", topk_length="full"))
+    lengths = _edges(t.list_tiles)
+    for i, n in enumerate(lengths):
+        _add(out, "tile", Case(**base, seed=_model_seed(model, i), s_q=2, h_q=2, s_kv=n + 30, topk=n,
+                               topk_length="full" if i % 2 else "none", sink="finite"))
+    n = 600 + 7 * (model == "model1")  # past the CPU draws' 576, a partial last tile
+    _add(out, "split", Case(**base, seed=_model_seed(model, 20), s_q=1, h_q=2, s_kv=n + 40, topk=n))
+    heads = sorted({2 * tile for tile in t.head_tiles})  # the second head tile of each mode, partly filled
+    for j, h in enumerate(heads):
+        _add(out, "head_tile2", Case(**base, seed=_model_seed(model, 40 + j), s_q=2, h_q=h - 8 * (h > 64), s_kv=200,
+                                     topk=100, sink="finite", topk_length="full", q_transposed=j == 0))
     _add(out, "topk_tail", Case(**base, seed=_model_seed(model, 45), s_q=4, h_q=2, s_kv=400, topk=200,
-                                topk_length="partial", sink="finite"))
-    _add(out, "q_head_stride", Case(**base, seed=_model_seed(model, 46), s_q=3, h_q=16, s_kv=100, topk=48,
-                                    q_transposed=True))
-    _add(out, "duplicates", Case(**base, seed=_model_seed(model, 47), s_q=2, h_q=2, s_kv=100, topk=40,
-                                 duplicates=True))
+                                topk_length="partial", sink="finite", duplicates=True))
     return out
 
 
@@ -127,25 +127,27 @@ def _dense_decode(model: str) -> list[Case]:
     t = kernel_tiles()["dense_decode"]
     out: list[Case] = []
     base = dict(op="dense_decode", model=model)
-    lengths = sorted({n for tile in t.list_tiles for n in around(tile)} | {t.split - 1, t.split, t.split + 1})
+    lengths = sorted(set(_edges(t.list_tiles)) | {t.split + 1})
     pbs = _rotate(PAGE_BLOCKS, model)
-    for i, n in enumerate(lengths):
-        _add(out, "tile", Case(**base, seed=_model_seed(model, i), b=1, s_q=1, h_q=2, s_kv=n,
-                               page_block_size=pbs[i % len(pbs)]))
-    for j, n in enumerate((4 * t.split + 1, 2100 - 37 * (model == "model1"))):  # one long row
-        _add(out, "split", Case(**base, seed=_model_seed(model, 20 + j), b=1, s_q=1, h_q=1, s_kv=n,
-                                page_block_size=(576, 128)[j]))
-    for j, pb in enumerate(pbs[:5]):
-        _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=2, s_q=1, h_q=2, s_kv=3 * pb + pb // 2 + 1,
-                               page_block_size=pb, seqlens="varlen" if j % 2 else "full"))
-    for j, (h_q, h_kv) in enumerate(GQA_GROUPS[:4] if model == "v32" else GQA_GROUPS[2:]):
-        _add(out, "gqa_nonpow2", Case(**base, seed=_model_seed(model, 40 + j), b=1, s_q=2 + j % 2, h_q=h_q, h_kv=h_kv,
-                                      s_kv=80 + 13 * j, page_block_size=64, causal=bool(j % 2)))
-    for j, rows in enumerate(sorted(t.query_tiles)):  # row tiles: s_q * group just past a tile
-        _add(out, "tile", Case(**base, seed=_model_seed(model, 50 + j), b=1, s_q=rows // 8 + 1, h_q=8, s_kv=90,
-                               page_block_size=64, causal=True))
-    _add(out, "q_head_stride", Case(**base, seed=_model_seed(model, 60), b=1, s_q=3, h_q=8, h_kv=2, s_kv=100,
-                                    page_block_size=64, q_transposed=True))
+    used: set[int] = set()
+    for i, n in enumerate(lengths):  # each length on a page size it spans twice and a bit, else 64
+        pb = next((p for p in pbs[i:] + pbs[:i] if p not in used and n > 2 * p), 64)
+        used.add(pb)
+        _add(out, "tile", Case(**base, seed=_model_seed(model, i), b=1, s_q=1, h_q=2, s_kv=n, page_block_size=pb))
+    n = 4 * t.split + 1 if model == "v32" else 2100 - 37  # one long row, 1025-2100 keys
+    pb = next(p for p in reversed(pbs) if p not in used)
+    used.add(pb)
+    _add(out, "split", Case(**base, seed=_model_seed(model, 20), b=1, s_q=1, h_q=1, s_kv=n, page_block_size=pb))
+    for j, pb in enumerate(p for p in pbs if p not in used):
+        _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=2, s_q=1, h_q=2,
+                               s_kv=max(3 * pb + pb // 2 + 1, 100), page_block_size=pb,
+                               seqlens="varlen" if j % 2 else "full"))
+    groups = GQA_GROUPS[:2] if model == "v32" else GQA_GROUPS[2:4]
+    rows = min(t.query_tiles) + 2  # query rows per kv head (s_q * group) just past the smallest row tile
+    for j, (h_q, h_kv) in enumerate(groups):
+        s_q = -(-rows // (h_q // h_kv))
+        _add(out, "gqa_nonpow2", Case(**base, seed=_model_seed(model, 40 + j), b=1, s_q=s_q, h_q=h_q, h_kv=h_kv,
+                                      s_kv=80 + 13 * j, page_block_size=64, causal=j == 0, q_transposed=j == 1))
     return out
 
 
@@ -155,23 +157,25 @@ def _mha_prefill(model: str) -> list[Case]:
     base = dict(op="mha_prefill", model=model)
     small = min(t.list_tiles)
     pairs = [(a, b) for a, b in zip(around(small), reversed(around(min(t.query_tiles))))]
+    others = [n for tile in t.list_tiles if tile != small for n in (tile - 1, tile, tile + 1)]  # compiled key tiles
+    pairs += [(others[(i + 3) % len(others)], n) for i, n in enumerate(others)]
     for i, (sq, sk) in enumerate(pairs):
         _add(out, "tile", Case(**base, seed=_model_seed(model, i), b=1, s_q=sq, s_kv=sk, h_q=2, causal=bool(i % 2),
                                backward=i < 2))
-    for j, n in enumerate(sorted({max(t.query_tiles) + 2, 257 + 30 * (model == "d128")})):
-        _add(out, "mha_multitile", Case(**base, seed=_model_seed(model, 20 + j), b=1, s_q=n, s_kv=n + 13 * j, h_q=1,
-                                        causal=True, backward=j == 0))
-    _add(out, "mha_multitile", Case(**base, seed=_model_seed(model, 22), b=1, s_q=150, s_kv=170, h_q=1,
-                                    causal=False))
+    n = max(t.query_tiles) + 2 + 16 * (model == "d128")  # past the largest query tile, a partial last tile
+    _add(out, "mha_multitile", Case(**base, seed=_model_seed(model, 20), b=1, s_q=n, s_kv=n + 5, h_q=1, causal=True,
+                                    backward=True))
+    _add(out, "mha_multitile", Case(**base, seed=_model_seed(model, 21), b=1, s_q=300 - 40 * (model == "d128"),
+                                    s_kv=270, h_q=1, causal=model == "d192"))
     for j, mode in enumerate(("zero_q", "zero_k")):
         _add(out, "mha_empty", Case(**base, seed=_model_seed(model, 30 + j), b=3, s_q=20, s_kv=24, h_q=2,
                                     seqlens=mode, causal=bool(j), backward=True))
     for j, (sq, sk) in enumerate(((1, 40), (40, 1))):
         _add(out, "mha_empty", Case(**base, seed=_model_seed(model, 32 + j), b=2, s_q=sq, s_kv=sk, h_q=2,
                                     causal=bool(j), backward=True))
-    for j, (h_q, h_kv) in enumerate(GQA_GROUPS[2:] if model == "d192" else GQA_GROUPS[:4]):
+    for j, (h_q, h_kv) in enumerate(GQA_GROUPS[2:4] if model == "d192" else GQA_GROUPS[4:]):
         _add(out, "gqa_nonpow2", Case(**base, seed=_model_seed(model, 40 + j), b=2, s_q=20, s_kv=26, h_q=h_q, h_kv=h_kv,
-                                      causal=bool(j % 2), backward=j < 2))
+                                      causal=bool(j % 2), backward=j == 0))
     for j, (left, right, sq, sk) in enumerate(((-1, 2, 40, 40), (-1, 0, 30, 44), (3, -1, 36, 30))):
         _add(out, "window_one_sided", Case(**base, seed=_model_seed(model, 50 + j), b=1, s_q=sq, s_kv=sk, h_q=2,
                                            window_left=left, window_right=right, backward=j == 0))
@@ -188,3 +192,10 @@ def boundary_cases(op: str, model: str) -> list[Case]:
         raise ValueError(f"op: expected one of {list(_BUILD)}, got {op!r}")
     cases = _BUILD[op](model)
     return list({c.id: c for c in cases}.values())
+
+
+def extra_cases(op: str, model: str) -> list[Case]:
+    """What every profile runs after an op's corner cases: the boundary cases, then the covering array."""
+    from mlaverify.verify.covering import covering_cases
+
+    return boundary_cases(op, model) + covering_cases(op, model)

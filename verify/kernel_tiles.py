@@ -57,6 +57,18 @@ def kernel_tiles() -> dict[str, OpTiles]:
     return {"sparse_decode": sd, "sparse_prefill": sp, "dense_decode": dd, "mha_prefill": mh}
 
 
+def sparse_decode_splits(topk: int) -> tuple[int, int]:
+    """(num_splits, entries per split) the sparse decode kernel picks on CPU for one row of one head."""
+    import math
+
+    import torch
+
+    from mlaverify.kernels import sparse_decode
+
+    cfg = _need(sparse_decode, "choose_config")(1, 1, 1, topk, torch.device("cpu"))
+    return cfg.num_splits, math.ceil(math.ceil(topk / cfg.num_splits) / cfg.block_n) * cfg.block_n
+
+
 def around(tile: int) -> list[int]:
     """tile - 1, tile, tile + 1 and several tiles plus a tail (3 tiles and a half, plus one)."""
     return sorted({max(1, tile - 1), tile, tile + 1, 3 * tile + tile // 2 + 1})
