@@ -1,7 +1,7 @@
 """Coverage that counts: a boundary feature is covered by a case only where it was observable (issue 11).
 
     observed_features(case, inputs)      # frozenset of REQUIRED[case.op] features this case could fail on
-    summary = coverage_summary(results)  # {"op/model": {"features": {f: {"run": n, "observed": n}}, "unobserved": [...]}}
+    summary = coverage_summary(results)  # {"op/model": {"features": {f: {"run", "observed", ...}}, "unobserved": [...]}}
     unobserved(summary)                  # ["sparse_decode/v32: page576", ...]  (--require-coverage fails on these)
     matrix_rows(summary)                 # rows for a report's feature matrix: [feature, column, run, observed]
 
@@ -259,24 +259,29 @@ def observed_features(case: Case, inputs=None) -> frozenset[str]:
 
 
 def coverage_summary(results: Iterable) -> dict:
-    """Per "op/model": run / observed counts of each required feature over executed cases (skips do not count)."""
-    cols: dict[str, dict] = {}
-    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    """Per "op/model": for each required feature, cases run, cases where it was observed, and skipped
+    cases where it would have been (the implementation does not claim them: reported, not "unobserved")."""
+    cols: dict[str, str] = {}
+    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
     for r in results:
         case = r.case
         col = f"{case.op}/{case.model}"
-        cols.setdefault(col, {"op": case.op})
-        if r.status == "skip":
-            continue
+        cols.setdefault(col, case.op)
         obs = observed_features(case)
         for feature in required_features(case.op):
             cell = counts[col][feature]
-            cell[0] += 1
-            cell[1] += feature in obs
+            if r.status == "skip":
+                cell[2] += feature in obs
+            else:
+                cell[0] += 1
+                cell[1] += feature in obs
     out = {}
-    for col, meta in cols.items():
-        feats = {f: {"run": counts[col][f][0], "observed": counts[col][f][1]} for f in required_features(meta["op"])}
-        out[col] = {"features": feats, "unobserved": [f for f, c in feats.items() if c["observed"] == 0]}
+    for col, op in cols.items():
+        feats = {f: {"run": c[0], "observed": c[1], "skipped_observable": c[2]}
+                 for f, c in ((f, counts[col][f]) for f in required_features(op))}
+        out[col] = {"features": feats,
+                    "unobserved": [f for f, c in feats.items() if c["observed"] == 0 and c["skipped_observable"] == 0],
+                    "not_claimed": [f for f, c in feats.items() if c["observed"] == 0 and c["skipped_observable"] > 0]}
     return out
 
 
@@ -287,3 +292,24 @@ def unobserved(summary: dict) -> list[str]:
 def matrix_rows(summary: dict) -> list[list]:
     """[feature, "op/model", cases run, cases where observed] rows: the hook for report renderers."""
     return [[f, col, c["run"], c["observed"]] for col, v in sorted(summary.items()) for f, c in v["features"].items()]
+
+
+def attach_coverage(report, args, profile: str, presets: bool) -> None:
+    """Put the coverage summary and whether it is required into ``report.settings["coverage"]``."""
+    required = getattr(args, "require_coverage", None)
+    if required is None:
+        required = profile == "ci" and not presets and getattr(args, "shard", None) is None
+    summary = coverage_summary(report.cases)
+    report.settings["coverage"] = {"required": bool(required), "columns": summary, "unobserved": unobserved(summary)}
+
+
+def coverage_exit(report, code: int, out) -> int:
+    """The exit code, 1 instead of 0 when coverage is required and a feature was never observed."""
+    cov = report.settings.get("coverage") or {}
+    missing = cov.get("unobserved") or []
+    if missing:
+        print(f"coverage: {len(missing)} boundary features never observed: " + ", ".join(missing), file=out)
+    if cov.get("required") and missing and code == 0:
+        print("coverage: FAIL (--require-coverage)", file=out)
+        return 1
+    return code
