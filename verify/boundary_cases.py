@@ -20,8 +20,9 @@ __all__ = ["BOUNDARY_CLASSES", "PAGE_BLOCKS", "GQA_GROUPS", "boundary_cases", "c
 
 # page block sizes of the issue: odd, one off a power of two, FlashMLA's 64 and the MODEL1 sizes
 PAGE_BLOCKS = (1, 2, 61, 63, 64, 65, 69, 128, 256, 576)
-# non-power-of-two GQA groups (h_q, h_kv): groups 3, 5, 6, 7 with h_kv 2, 3, 8
-GQA_GROUPS = ((6, 2), (15, 3), (48, 8), (21, 3), (10, 2), (24, 8))
+# non-power-of-two GQA groups (h_q, h_kv) per model: groups 3, 5, 6, 7 with h_kv 2, 3, 8, few heads (cost)
+GQA_GROUPS = {"v32": ((6, 2), (15, 3)), "model1": ((24, 8), (21, 3)),
+              "d192": ((21, 3), (12, 2)), "d128": ((10, 2), (24, 8))}
 
 BOUNDARY_CLASSES = {
     "tile": "list / key length at tile - 1, tile, tile + 1 and several tiles plus a tail",
@@ -134,15 +135,14 @@ def _dense_decode(model: str) -> list[Case]:
         pb = next((p for p in pbs[i:] + pbs[:i] if p not in used and n > 2 * p), 64)
         used.add(pb)
         _add(out, "tile", Case(**base, seed=_model_seed(model, i), b=1, s_q=1, h_q=2, s_kv=n, page_block_size=pb))
-    n = 4 * t.split + 1 if model == "v32" else 2100 - 37  # one long row, 1025-2100 keys
+    n = 4 * t.split + 1 if model == "v32" else 5 * t.split + 17  # one long row, 1025-2100 keys
     pb = next(p for p in reversed(pbs) if p not in used)
     used.add(pb)
     _add(out, "split", Case(**base, seed=_model_seed(model, 20), b=1, s_q=1, h_q=1, s_kv=n, page_block_size=pb))
     for j, pb in enumerate(p for p in pbs if p not in used):
-        _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=2, s_q=1, h_q=2,
-                               s_kv=max(3 * pb + pb // 2 + 1, 100), page_block_size=pb,
-                               seqlens="varlen" if j % 2 else "full"))
-    groups = GQA_GROUPS[:2] if model == "v32" else GQA_GROUPS[2:4]
+        _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=1, s_q=1, h_q=2,
+                               s_kv=max(2 * pb + pb // 4 + 1, 100), page_block_size=pb))  # 2 pages and a partial
+    groups = GQA_GROUPS[model]
     rows = min(t.query_tiles) + 2  # query rows per kv head (s_q * group) just past the smallest row tile
     for j, (h_q, h_kv) in enumerate(groups):
         s_q = -(-rows // (h_q // h_kv))
@@ -157,28 +157,29 @@ def _mha_prefill(model: str) -> list[Case]:
     base = dict(op="mha_prefill", model=model)
     small = min(t.list_tiles)
     pairs = [(a, b) for a, b in zip(around(small), reversed(around(min(t.query_tiles))))]
-    others = [n for tile in t.list_tiles if tile != small for n in (tile - 1, tile, tile + 1)]  # compiled key tiles
-    pairs += [(others[(i + 3) % len(others)], n) for i, n in enumerate(others)]
     for i, (sq, sk) in enumerate(pairs):
         _add(out, "tile", Case(**base, seed=_model_seed(model, i), b=1, s_q=sq, s_kv=sk, h_q=2, causal=bool(i % 2),
-                               backward=i < 2))
+                               backward=i == 0))
+    # the compiled key tiles' edges ride on the other classes' key lengths (each case costs seconds on CPU)
+    k = [n for tile in sorted(t.list_tiles) if tile != small for n in (tile - 1, tile, tile + 1)]
+    k += [k[-1]] * (6 - len(k))
     n = max(t.query_tiles) + 2 + 16 * (model == "d128")  # past the largest query tile, a partial last tile
     _add(out, "mha_multitile", Case(**base, seed=_model_seed(model, 20), b=1, s_q=n, s_kv=n + 5, h_q=1, causal=True,
                                     backward=True))
     _add(out, "mha_multitile", Case(**base, seed=_model_seed(model, 21), b=1, s_q=300 - 40 * (model == "d128"),
                                     s_kv=270, h_q=1, causal=model == "d192"))
-    for j, mode in enumerate(("zero_q", "zero_k")):
-        _add(out, "mha_empty", Case(**base, seed=_model_seed(model, 30 + j), b=3, s_q=20, s_kv=24, h_q=2,
-                                    seqlens=mode, causal=bool(j), backward=True))
-    for j, (sq, sk) in enumerate(((1, 40), (40, 1))):
+    for j, mode in enumerate(("zero_q", "zero_k")):  # d192's zero_q seed: its empty q sequence is not the last
+        _add(out, "mha_empty", Case(**base, seed=_model_seed(model, 30 + j) + 4 * (model == "d192" and j == 0), b=3,
+                                    s_q=20, s_kv=24, h_q=2, seqlens=mode, causal=bool(j), backward=j == 1))
+    for j, (sq, sk) in enumerate(((1, k[4]), (40, 1))):
         _add(out, "mha_empty", Case(**base, seed=_model_seed(model, 32 + j), b=2, s_q=sq, s_kv=sk, h_q=2,
-                                    causal=bool(j), backward=True))
-    for j, (h_q, h_kv) in enumerate(GQA_GROUPS[2:4] if model == "d192" else GQA_GROUPS[4:]):
-        _add(out, "gqa_nonpow2", Case(**base, seed=_model_seed(model, 40 + j), b=2, s_q=20, s_kv=26, h_q=h_q, h_kv=h_kv,
-                                      causal=bool(j % 2), backward=j == 0))
-    for j, (left, right, sq, sk) in enumerate(((-1, 2, 40, 40), (-1, 0, 30, 44), (3, -1, 36, 30))):
+                                    causal=bool(j)))
+    for j, (h_q, h_kv) in enumerate(GQA_GROUPS[model]):
+        _add(out, "gqa_nonpow2", Case(**base, seed=_model_seed(model, 40 + j), b=2, s_q=20, s_kv=k[2 * j], h_q=h_q,
+                                      h_kv=h_kv, causal=bool(j % 2), backward=j == 0))
+    for j, (left, right, sq, sk) in enumerate(((-1, 2, 40, k[1]), (-1, 0, 30, k[3]), (3, -1, 36, k[5]))):
         _add(out, "window_one_sided", Case(**base, seed=_model_seed(model, 50 + j), b=1, s_q=sq, s_kv=sk, h_q=2,
-                                           window_left=left, window_right=right, backward=j == 0))
+                                           window_left=left, window_right=right))
     return out
 
 

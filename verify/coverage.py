@@ -234,7 +234,7 @@ def _mha_prefill(case: Case, t: dict) -> set[str]:
         if not case.causal and right < 0 <= left and any(r[0] > 0 for r in seen):
             f.add("window_left_only")
     if seen_any:
-        if any(a == 0 for a in lq):
+        if any(a == 0 and any(lq[i + 1:]) for i, a in enumerate(lq)):  # an empty q sequence before others
             f.add("empty_q")
         if any(b == 0 and a > 0 for a, b in zip(lq, lk)):
             f.add("empty_k")
