@@ -39,7 +39,8 @@ from mlaverify.verify.boundary_cases import PAGE_BLOCKS
 from mlaverify.verify.cases import Case
 from mlaverify.verify.kernel_tiles import kernel_tiles
 
-__all__ = ["required_features", "observed_features", "coverage_summary", "unobserved", "matrix_rows"]
+__all__ = ["required_features", "observed_features", "coverage_summary", "unobserved", "matrix_rows", "report_matrix",
+           "attach_coverage", "coverage_exit"]
 
 _LONG = 1024  # list slots / keys past 16 splits of 64: the CPU draws never reach it
 
@@ -313,3 +314,9 @@ def coverage_exit(report, code: int, out) -> int:
         print("coverage: FAIL (--require-coverage)", file=out)
         return 1
     return code
+
+
+def report_matrix(report) -> list[list]:
+    """The one-line hook for report renderers: `matrix_rows` of a report's coverage ([] when it has none)."""
+    cov = (getattr(report, "settings", None) or {}).get("coverage") or {}
+    return matrix_rows(cov.get("columns") or {})
