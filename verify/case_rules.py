@@ -27,7 +27,7 @@ NAN_FILL_MODES = ("none", "unused", "all")
 SCALE_MODES = ("ue8m0", "float32")
 VALUE_MODES = ("normal", "outliers", "zero_tiles", "near_max", "mixed")
 DTYPES = ("bf16", "fp16")
-SEQLEN_MODES = ("full", "varlen", "zero")
+SEQLEN_MODES = ("full", "varlen", "zero", "zero_q", "zero_k")  # zero_q/zero_k: mha only
 # value distributions of keys and queries (`distributions.PRODUCTION_DISTRIBUTIONS`, same names and order;
 # listed here so that cases stay importable without torch): FlashMLA's flat test data first, then the
 # production-like ones (peaked attention, wide logits, outlier K channels, RoPE scale, near-duplicate keys)
@@ -67,7 +67,7 @@ def validate(c) -> None:
     _check_choice("dtype", c.dtype, DTYPES)
     _check_choice("seqlens", c.seqlens, SEQLEN_MODES)
     _check_choice("dist", c.dist, DIST_MODES)
-    for name in ("noncontiguous", "causal", "backward"):
+    for name in ("noncontiguous", "causal", "backward", "q_transposed", "duplicates"):
         if not isinstance(getattr(c, name), bool):
             raise TypeError(f"case.{name}: expected bool, got {type(getattr(c, name)).__name__}")
     if c.softmax_scale is not None and not (isinstance(c.softmax_scale, float) and c.softmax_scale > 0):
@@ -114,6 +114,12 @@ def validate(c) -> None:
         raise ValueError("case.nan_fill: mha_prefill has no unused slots; use 'none'")
     if c.op == "mha_prefill" and c.s_kv < 1:
         raise ValueError(f"case.s_kv: mha_prefill needs s_kv >= 1, got {c.s_kv}")
+    if c.q_transposed and c.op == "mha_prefill":
+        raise ValueError("case.q_transposed: mha_prefill varies q's strides with noncontiguous; not for mha_prefill")
+    if c.duplicates and not sparse:
+        raise ValueError(f"case.duplicates: only sparse ops have index lists, not {c.op}")
+    if c.seqlens in ("zero_q", "zero_k") and c.op != "mha_prefill":
+        raise ValueError(f"case.seqlens: {c.seqlens!r} only applies to mha_prefill, not {c.op}")
     if c.has_window and c.op != "mha_prefill":
         raise ValueError(f"case.window_left/window_right: the sliding window only applies to mha_prefill, "
                          f"not {c.op}; got {c.window_size}")

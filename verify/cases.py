@@ -39,7 +39,10 @@ Modes (string enums, see the *_MODES tuples):
   flashmla (FlashMLA's own flat test data, the default), peaked, wide_logits, outlier_channels,
   rope_scaled, near_duplicate. Id token ``dist<name without underscores>``, e.g. ``distwidelogits``;
   feature ``dist:<name>``.
-- seqlens (dense decode, mha): full (all at the maximum), varlen, zero (some length 0).
+- seqlens (dense decode, mha): full (all at the maximum), varlen, zero (some length 0); mha only:
+  zero_q / zero_k (one q sequence, or one key sequence, of length 0; the others varlen).
+- q_transposed (decode ops, sparse prefill): q is a transposed view, its head stride differs from d_qk.
+- duplicates (sparse ops): some list slots repeat the position of another slot of the same list.
 - window_left / window_right (mha_prefill only): the sliding window ``window_size=(left, right)``
   of the flash_attn convention, -1 = unbounded; (-1, -1) is no window. With causal the right bound
   is -1 or 0 (both mean the diagonal). Id token ``win<left>.<right>`` with ``inf`` for -1, e.g.
@@ -96,6 +99,8 @@ class Case:
     window_left: int = -1         # mha: sliding window, keys t >= diag - left (-1: unbounded)
     window_right: int = -1        # mha: keys t <= diag + right (-1: unbounded; causal: -1 or 0)
     dist: str = "flashmla"        # value distribution of keys and queries (DIST_MODES): FlashMLA's flat data
+    q_transposed: bool = False    # decode/sparse prefill: q a transposed view (head stride != d_qk), issue 11
+    duplicates: bool = False      # sparse ops: some positions repeated inside one index list, issue 11
 
     def __post_init__(self) -> None:
         validate(self)
@@ -167,6 +172,10 @@ class Case:
                     f.add("causal_sq>1")
         if self.backward:
             f.add("backward")
+        if self.q_transposed:
+            f.add("q_head_stride")
+        if self.duplicates:
+            f.add("duplicates")
         if self.has_window:
             longest = max(self.s_q, self.s_kv)
             f.add("window")
@@ -224,7 +233,7 @@ def _window_kind(bound: int, longest: int) -> str:
 _LEN_TOKEN = {"zero": "0", "partial": "part", "full": "full", "mixed": "mix"}
 _SINK_TOKEN = {"finite": "sink", "neg_inf": "sinkninf", "pos_inf": "sinkpinf", "mixed": "sinkmix"}
 _NAN_TOKEN = {"unused": "nanu", "all": "nan"}
-_SEQ_TOKEN = {"varlen": "seqvar", "zero": "seqzero"}
+_SEQ_TOKEN = {"varlen": "seqvar", "zero": "seqzero", "zero_q": "seqzq", "zero_k": "seqzk"}
 
 
 def _plus(a: int, b: int, has_extra: bool) -> str:
@@ -268,6 +277,10 @@ def _tokens(c: Case) -> list[str]:
         t.append("bwd")
     if c.dist != "flashmla":
         t.append("dist" + c.dist.replace("_", ""))
+    if c.q_transposed:
+        t.append("qt")
+    if c.duplicates:
+        t.append("dup")
     if c.has_window:
         t.append("win" + ".".join("inf" if w < 0 else str(w) for w in c.window_size))
     t.append(f"s{c.seed}")
@@ -279,7 +292,8 @@ def _inverse(table: Mapping[str, str]) -> dict[str, str]:
 
 
 _FLAGS = {"nc": ("noncontiguous", True), "f32scales": ("scales", "float32"), "fp16": ("dtype", "fp16"),
-          "causal": ("causal", True), "bwd": ("backward", True)}
+          "causal": ("causal", True), "bwd": ("backward", True), "qt": ("q_transposed", True),
+          "dup": ("duplicates", True)}
 _ENUM_TOKENS: dict[str, tuple[str, str]] = {}
 for _mode, _tok in _SINK_TOKEN.items():
     _ENUM_TOKENS[_tok] = ("sink", _mode)

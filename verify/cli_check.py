@@ -36,6 +36,7 @@ from mlaverify.verify.report_html import render_html
 from mlaverify.verify.report_junit import render_junit
 from mlaverify.verify.report_markdown import render_markdown
 from mlaverify.verify.results import STATUSES, Report
+from mlaverify.verify.coverage import attach_coverage, coverage_exit
 from mlaverify.verify.runner import default_device, environment, run_check
 from mlaverify.verify.budgets import DEFAULT_POLICY
 from mlaverify.verify.tolerances import apply_overrides, load_tolerances, parse_override
@@ -95,6 +96,7 @@ def execute_check(args: argparse.Namespace, impl: Implementation, settings: dict
                        corners=bool(settings.get("corners", True)), cases=cases,
                        tolerance_policy=args.tolerance_policy or settings.get("tolerance_policy") or DEFAULT_POLICY)
     report.settings["shard"] = args.shard  # as the user wrote it (1-based K/N)
+    attach_coverage(report, args, profile, bool(presets))  # issue 11: observed boundary features
     if presets:  # recorded so that a gate against this report re-runs the same presets
         report.settings["presets"], report.settings["preset_size"] = list(presets), preset_size
     return CheckOutput(report)
@@ -246,7 +248,7 @@ def check_command(args, out: TextIO, err: TextIO) -> int:
     finally:
         impl.close()
     print_summary(result, out)
-    return exit_code(result.report, args.allow_skips, args.allow_empty)
+    return coverage_exit(result.report, exit_code(result.report, args.allow_skips, args.allow_empty), out)
 
 
 def gate_command(args, out: TextIO, err: TextIO) -> int:

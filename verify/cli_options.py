@@ -84,6 +84,9 @@ def add_check_options(p: argparse.ArgumentParser, impl_required: bool = True) ->
     p.add_argument("--shrink-budget", type=float, default=SHRINK_BUDGET_S, metavar="SECONDS",
                    help=f"total time spent shrinking failures (default {SHRINK_BUDGET_S:g})")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--require-coverage", action=argparse.BooleanOptionalAction, default=None,
+                   help="fail (exit 1) when a boundary feature of a run op/model was never observed (default: on "
+                        "for the ci profile's drawn cases without --shard or --preset)")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -94,6 +94,19 @@ def _strided_copy(values: torch.Tensor, pad_dim: int, pad: int, fill: float) -> 
     return view
 
 
+def _transposed(q: torch.Tensor) -> torch.Tensor:
+    """q ([..., s, h, d]) as a transposed view of a [..., h, s, d] buffer: head stride s * d, not d (issue 11)."""
+    return q.transpose(-3, -2).contiguous().transpose(-3, -2)
+
+
+def _duplicated(tokens: torch.Tensor) -> torch.Tensor:
+    """Every 4th slot from 1 repeats the slot before it: duplicate positions inside one list (issue 11)."""
+    out = tokens.clone()
+    n = out[..., 1::4].shape[-1]
+    out[..., 1::4] = tokens[..., 0::4][..., :n]
+    return out
+
+
 def _lengths(g, mode: str, n: int, full: int) -> torch.Tensor | None:
     """topk_length-style tensor [n] int32 for a mode of cases.TOPK_LENGTH_MODES."""
     if mode == "none":
@@ -215,6 +228,7 @@ def _decode_list(g, case: Case, model, seq: int, topk: int, block: int, length_m
     num_blocks = b * per_seq + 1  # one spare block nobody references
     table = torch.randperm(b * per_seq, generator=g).view(b, per_seq)
     tokens = _token_lists(g, b * s_q, topk, seq).view(b, s_q, topk)
+    tokens = _duplicated(tokens) if case.duplicates else tokens
     tokens = torch.where(invalid, -1, tokens)
     positions = cache_positions(tokens, table, block)  # [b, s_q, topk] int64, -1 kept
     lengths = _lengths(g, length_mode, b, topk)
@@ -256,6 +270,7 @@ def _sparse_decode(case: Case, g):
         indices = _strided_copy(indices, 1, 1, 0)
         if extra[1] is not None:
             extra = (extra[0], _strided_copy(extra[1], 1, 1, 0), extra[2])
+    q = _transposed(q) if case.q_transposed else q
     tensors = {"q": q, "k_cache": cache, "indices": indices, "topk_length": lengths, "attn_sink": sink,
                "extra_k_cache": extra[0], "extra_indices": extra[1], "extra_topk_length": extra[2]}
     return tensors, {"softmax_scale": case.softmax_scale}
@@ -283,6 +298,7 @@ def _sparse_prefill(case: Case, g):
     kv_f = base_values(g, "sparse_prefill", "kv", s_kv, 1, d_qk) if flat else prod.draw_keys(g, case, s_kv)
     kv = kv_f.view(s_kv, 1, d_qk).to(torch.bfloat16)
     tokens = _token_lists(g, s_q, topk, s_kv)  # [s_q, topk], -1 where topk > s_kv
+    tokens = _duplicated(tokens) if case.duplicates else tokens
     tokens = torch.where(_invalid_mask(g, case.invalid, 1, s_q, topk)[0], -1, tokens)
     bad = tokens < 0
     tokens[bad] = _invalid_values(g, int(bad.sum()), s_kv)
@@ -303,6 +319,7 @@ def _sparse_prefill(case: Case, g):
         q = _strided_copy(q, 1, case.h_q, float("nan"))
         kv = _strided_copy(kv, 1, 1, float("nan"))
         indices = _strided_copy(indices, 1, 1, 0)
+    q = _transposed(q) if case.q_transposed else q
     tensors = {"q": q, "kv": kv, "indices": indices, "topk_length": lengths, "attn_sink": sink}
     return tensors, {"softmax_scale": case.softmax_scale, "sm_scale": scale}
 
@@ -348,14 +365,17 @@ def _dense_decode(case: Case, g):
     table = table.to(torch.int32)
     if case.noncontiguous:
         table = _strided_copy(table, 1, 1, 0)
+    q = _transposed(q) if case.q_transposed else q
     tensors = {"q": q, "k_cache": k, "block_table": table, "cache_seqlens": lens.to(torch.int32)}
     return tensors, {"softmax_scale": case.softmax_scale}
 
 
 def _mha_prefill(case: Case, g):
     dtype = _DTYPES[case.dtype]
-    lq = _seqlens(g, case.seqlens, case.b, case.s_q)
-    lk = _seqlens(g, case.seqlens, case.b, case.s_kv)
+    one_zero = {"zero_q": ("zero", "varlen"), "zero_k": ("varlen", "zero")}  # one side empty, the other not
+    q_mode, k_mode = one_zero.get(case.seqlens, (case.seqlens, case.seqlens))
+    lq = _seqlens(g, q_mode, case.b, case.s_q)
+    lk = _seqlens(g, k_mode, case.b, case.s_kv)
     cu_q = torch.cat([torch.zeros(1, dtype=torch.int64), lq.cumsum(0)]).to(torch.int32)
     cu_k = torch.cat([torch.zeros(1, dtype=torch.int64), lk.cumsum(0)]).to(torch.int32)
     tq, tk = int(cu_q[-1]), int(cu_k[-1])

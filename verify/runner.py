@@ -43,6 +43,7 @@ from mlaverify.verify.ops import ADAPTERS
 from mlaverify.verify.results import CaseResult, Report
 from mlaverify.verify.strategies import (case_strategy, corner_cases, draw_cases, production_cases,
                                         profile_settings)
+from mlaverify.verify.boundary_cases import extra_cases
 from mlaverify.verify.tolerances import ToleranceTable, load_tolerances, table_to_dict
 Progress = Callable[[int, int, CaseResult], None]
 
@@ -127,6 +128,7 @@ def generate_cases(ops: Iterable[str] | None = None, models: Iterable[str] | Non
         for model in MODELS[op]:
             if models is None or model in models:
                 cases += corner_cases(op, model) if corners else []
+                cases += extra_cases(op, model) if corners else []  # issue 11: boundary cases, covering array
                 cases += draw_cases(case_strategy(op, model, scale), max_examples, seed, profile)
                 cases += production_cases(op, model, scale, max_examples, seed, profile, corners)
     return list({c.id: c for c in cases}.values())

@@ -64,8 +64,12 @@ SELFTEST_CASES: tuple[Case, ...] = (
 
 
 def selftest_cases(source: str = "explicit", ops: Sequence[str] | None = None) -> list[Case]:
-    if source == "explicit":
-        return [c for c in SELFTEST_CASES if ops is None or c.op in ops]
+    if source == "explicit":  # the fixed cases, then the boundary cases (issue 11: their bugs live at corners)
+        from mlaverify.verify.boundary_cases import boundary_cases
+        from mlaverify.verify.cases import MODELS
+
+        extra = [c for op in MODELS for m in MODELS[op] for c in boundary_cases(op, m)]
+        return [c for c in (*SELFTEST_CASES, *extra) if ops is None or c.op in ops]
     if source == "ci":
         return generate_cases(ops, profile="ci")
     raise ValueError(f"source: expected 'explicit' or 'ci', got {source!r}")

@@ -12,6 +12,8 @@ import sys
 import types
 
 from ._base import PlantedBug, build_module
+from .boundary_bugs import BUGS as _BOUNDARY_BUGS
+from .boundary_mha_bugs import BUGS as _BOUNDARY_MHA_BUGS
 from .decode_bugs import BUGS as _DECODE_BUGS
 from .dense_bugs import BUGS as _DENSE_BUGS
 from .drift import DRIFT
@@ -21,7 +23,8 @@ from .softmax_bugs import BUGS as _SOFTMAX_BUGS
 
 __all__ = ["PlantedBug", "BUGS", "CLEAN", "DRIFT", "get", "module_for", "names"]
 
-BUGS: tuple[PlantedBug, ...] = tuple(_DECODE_BUGS + _PREFILL_BUGS + _DENSE_BUGS + _MHA_BUGS + _SOFTMAX_BUGS)
+BUGS: tuple[PlantedBug, ...] = tuple(_DECODE_BUGS + _PREFILL_BUGS + _DENSE_BUGS + _MHA_BUGS + _SOFTMAX_BUGS
+                                     + _BOUNDARY_BUGS + _BOUNDARY_MHA_BUGS)
 CLEAN = "mlaverify.verify.planted.clean"  # the reference API unchanged (MHA included), importable by name
 
 _BY_NAME = {bug.name: bug for bug in BUGS}

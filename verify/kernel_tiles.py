@@ -1,0 +1,74 @@
+"""The tile and split sizes of `mlaverify.kernels`, read from the kernels' own launch-config code.
+
+    tiles = kernel_tiles()
+    tiles["sparse_decode"].list_tiles     # entries per loop step, every mode (interpreter and compiled)
+    tiles["mha_prefill"].query_tiles      # query rows per tile
+
+Boundary cases (`mlaverify.verify.boundary_cases`) put lengths at and around these numbers, so
+the numbers are never restated here: each is taken from the kernel module (its constants or its
+launch-config functions, for both the interpreter and the compiled mode, since a case list must
+not depend on the machine that draws it). If a kernel module is redesigned and a name below
+disappears, this module raises and names what it looked for.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OpTiles:
+    """Sizes (union over the interpreter and compiled modes) one op's kernels iterate in."""
+
+    list_tiles: tuple[int, ...]      # keys / index entries per loop step
+    head_tiles: tuple[int, ...] = ()  # query heads per program (sparse ops)
+    query_tiles: tuple[int, ...] = ()  # query rows per tile (dense decode rows, mha queries)
+    split: int = 0                   # tokens / entries per split below which no more splits are made
+    max_splits: int = 0              # the most splits of one row (0: no cap known)
+
+
+def _need(module, name: str):
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise RuntimeError(f"mlaverify.kernels.{module.__name__.rsplit('.', 1)[-1]}: expected {name!r} "
+                           "(issue 11 boundary cases read tile sizes from it)") from None
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_tiles() -> dict[str, OpTiles]:
+    import torch
+
+    from mlaverify.kernels import dense_decode, mha_prefill, sparse_decode, sparse_prefill
+
+    cpu = torch.device("cpu")
+    sd_cfgs = [_need(sparse_decode, "choose_config")(1, 1, h, 1, cpu) for h in (1, 128)]
+    sd_block_n = tuple(sorted({c.block_n for c in sd_cfgs}))
+    sd = OpTiles(list_tiles=sd_block_n, head_tiles=tuple(sorted({c.block_h for c in sd_cfgs})),
+                 split=_need(sparse_decode, "MIN_STEPS_PER_SPLIT") * max(sd_block_n),
+                 max_splits=_need(sparse_decode, "MAX_SPLITS"))
+    sp_cfgs = [_need(sparse_prefill, "_launch_config")(128, mode) for mode in (True, False)]
+    sp = OpTiles(list_tiles=tuple(sorted({c[1] for c in sp_cfgs})), head_tiles=tuple(sorted({c[0] for c in sp_cfgs})))
+    dd_cfgs = [_need(dense_decode, "_launch_config")(rows, mode) for rows in (1, 128) for mode in (True, False)]
+    dd = OpTiles(list_tiles=tuple(sorted({c[1] for c in dd_cfgs})), query_tiles=tuple(sorted({c[0] for c in dd_cfgs})),
+                 split=_need(dense_decode, "MIN_SPLIT_TOKENS"))
+    mha = [_need(mha_prefill, "_INTERPRETER_TILES"), *_need(mha_prefill, "_GPU_TILES").values()]
+    mh = OpTiles(list_tiles=tuple(sorted({t.block_n for t in mha})), query_tiles=tuple(sorted({t.block_m for t in mha})))
+    return {"sparse_decode": sd, "sparse_prefill": sp, "dense_decode": dd, "mha_prefill": mh}
+
+
+def sparse_decode_splits(topk: int) -> tuple[int, int]:
+    """(num_splits, entries per split) the sparse decode kernel picks on CPU for one row of one head."""
+    import math
+
+    import torch
+
+    from mlaverify.kernels import sparse_decode
+
+    cfg = _need(sparse_decode, "choose_config")(1, 1, 1, topk, torch.device("cpu"))
+    return cfg.num_splits, math.ceil(math.ceil(topk / cfg.num_splits) / cfg.block_n) * cfg.block_n
+
+
+def around(tile: int) -> list[int]:
+    """tile - 1, tile, tile + 1 and several tiles plus a tail (3 tiles and a half, plus one)."""
+    return sorted({max(1, tile - 1), tile, tile + 1, 3 * tile + tile // 2 + 1})
