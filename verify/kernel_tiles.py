@@ -35,22 +35,29 @@ def _need(module, name: str):
                            "(issue 11 boundary cases read tile sizes from it)") from None
 
 
+def _modes():
+    """The interpreter and the compiled sm_90 target: a case list must not depend on the machine drawing it."""
+    from mlaverify.kernels import _targets
+
+    return (_need(_targets, "INTERPRETER"), _need(_targets, "TARGETS")["sm_90"])
+
+
 @functools.lru_cache(maxsize=1)
 def kernel_tiles() -> dict[str, OpTiles]:
-    import torch
-
     from mlaverify.kernels import dense_decode, mha_prefill, sparse_decode, sparse_prefill
 
-    cpu = torch.device("cpu")
-    sd_cfgs = [_need(sparse_decode, "choose_config")(1, 1, h, 1, cpu) for h in (1, 128)]
+    modes = _modes()
+    sd_cfgs = [_need(sparse_decode, "choose_config")(1, 1, h, 1, t) for h in (1, 128) for t in modes]
     sd_block_n = tuple(sorted({c.block_n for c in sd_cfgs}))
     sd = OpTiles(list_tiles=sd_block_n, head_tiles=tuple(sorted({c.block_h for c in sd_cfgs})),
                  split=_need(sparse_decode, "MIN_STEPS_PER_SPLIT") * max(sd_block_n),
                  max_splits=_need(sparse_decode, "MAX_SPLITS"))
-    sp_cfgs = [_need(sparse_prefill, "_launch_config")(128, mode) for mode in (True, False)]
-    sp = OpTiles(list_tiles=tuple(sorted({c[1] for c in sp_cfgs})), head_tiles=tuple(sorted({c[0] for c in sp_cfgs})))
-    dd_cfgs = [_need(dense_decode, "_launch_config")(rows, mode) for rows in (1, 128) for mode in (True, False)]
-    dd = OpTiles(list_tiles=tuple(sorted({c[1] for c in dd_cfgs})), query_tiles=tuple(sorted({c[0] for c in dd_cfgs})),
+    sp_cfgs = [_need(sparse_prefill, "launch_tiles")(128, t) for t in modes]
+    sp = OpTiles(list_tiles=tuple(sorted({c.block_k for c in sp_cfgs})),
+                 head_tiles=tuple(sorted({c.block_h for c in sp_cfgs})))
+    dd_cfgs = [_need(dense_decode, "launch_tiles")(rows, t) for rows in (1, 128) for t in modes]
+    dd = OpTiles(list_tiles=tuple(sorted({c.block_n for c in dd_cfgs})),
+                 query_tiles=tuple(sorted({c.block_m for c in dd_cfgs})),
                  split=_need(dense_decode, "MIN_SPLIT_TOKENS"))
     mha = [_need(mha_prefill, "_INTERPRETER_TILES"), *_need(mha_prefill, "_GPU_TILES").values()]
     mh = OpTiles(list_tiles=tuple(sorted({t.block_n for t in mha})), query_tiles=tuple(sorted({t.block_m for t in mha})))
@@ -58,14 +65,12 @@ def kernel_tiles() -> dict[str, OpTiles]:
 
 
 def sparse_decode_splits(topk: int) -> tuple[int, int]:
-    """(num_splits, entries per split) the sparse decode kernel picks on CPU for one row of one head."""
+    """(num_splits, entries per split) the sparse decode kernel picks in the interpreter for one row of one head."""
     import math
-
-    import torch
 
     from mlaverify.kernels import sparse_decode
 
-    cfg = _need(sparse_decode, "choose_config")(1, 1, 1, topk, torch.device("cpu"))
+    cfg = _need(sparse_decode, "choose_config")(1, 1, 1, topk, _modes()[0])
     return cfg.num_splits, math.ceil(math.ceil(topk / cfg.num_splits) / cfg.block_n) * cfg.block_n
 
 
