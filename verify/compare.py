@@ -78,6 +78,22 @@ def bf16_ulp(ref: torch.Tensor) -> torch.Tensor:
     return torch.where(mag > 0, ulp, 2.0**-133)
 
 
+def element_ratios(a: torch.Tensor, r: torch.Tensor, tolerance: Tolerance):
+    """Per element of float64 tensors a, r: (|a - r| where both are finite else 0, |a - r| / allowed,
+    "above the floor" mask, rel_floor), with allowed = max(atol, rtol |r|) above the floor, atol below it."""
+    finite = a.isfinite() & r.isfinite()
+    err = torch.where(finite, (a - r).abs(), 0.0)
+    rf = torch.where(r.isfinite(), r, 0.0)
+    n_ref_finite = int(r.isfinite().sum())
+    rel_floor = REL_FLOOR_OF_RMS * (math.sqrt(float((rf * rf).sum()) / n_ref_finite) if n_ref_finite else 0.0)
+    above = finite & (r.abs() >= rel_floor) & (r.abs() > 0)  # elements where rel and ulp errors mean something
+    allowed = torch.where(above, torch.clamp(tolerance.rtol * r.abs(), min=tolerance.atol),
+                          torch.full_like(r, tolerance.atol))
+    ratio = torch.where(finite, err / allowed, 0.0)
+    ratio = torch.nan_to_num(ratio, nan=math.inf)  # a zero allowance (atol 0) fails every element, as err < 0 would
+    return err, ratio, above, rel_floor
+
+
 def _fmt(x: float | None) -> str:
     return "None" if x is None else f"{x:.4g}"
 
@@ -114,17 +130,11 @@ def compare_tensor(name: str, actual: object, reference: torch.Tensor, tolerance
     n = a.numel()
     nonfinite_bad = ((a.isnan() != r.isnan()) | (a.isposinf() != r.isposinf()) | (a.isneginf() != r.isneginf()))
     finite = a.isfinite() & r.isfinite()
-    err = torch.where(finite, (a - r).abs(), 0.0)
+    err, ratio, above, rel_floor = element_ratios(a, r, tolerance)
     rf_all = torch.where(r.isfinite(), r, 0.0)
     n_ref_finite = int(r.isfinite().sum())
     ref_rms = math.sqrt(float((rf_all * rf_all).sum()) / n_ref_finite) if n_ref_finite else 0.0
     ref_absmax = float(rf_all.abs().max()) if n else 0.0
-    rel_floor = REL_FLOOR_OF_RMS * ref_rms
-    above = finite & (r.abs() >= rel_floor) & (r.abs() > 0)  # elements where rel and ulp errors mean something
-    allowed = torch.where(above, torch.clamp(tolerance.rtol * r.abs(), min=tolerance.atol),
-                          torch.full_like(r, tolerance.atol))
-    ratio = torch.where(finite, err / allowed, 0.0)
-    ratio = torch.nan_to_num(ratio, nan=math.inf)  # a zero allowance (atol 0) fails every element, as err < 0 would
     elem_bad = finite & ~(ratio < 1.0)
     bad = elem_bad | nonfinite_bad
     mismatches = int(bad.sum())

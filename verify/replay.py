@@ -183,7 +183,7 @@ def shrink_case(impl: Implementation, result: CaseResult, tolerances: ToleranceT
 
 
 # ---- replaying --------------------------------------------------------------------------------
-def _worst_lines(impl: Implementation, case: Case, failing: list[str], device, n: int) -> list[str]:
+def _worst_lines(impl: Implementation, case: Case, failing: dict[str, Tolerance], device, n: int) -> list[str]:
     adapter = ADAPTERS[case.op]
     try:
         inputs = materialize(case, device)
@@ -200,8 +200,10 @@ def _worst_lines(impl: Implementation, case: Case, failing: list[str], device, n
         if not isinstance(actual, torch.Tensor) or actual.shape != ref.shape:  # outputs come back on the CPU
             continue
         lines.append(f"  worst elements of {name}:")
-        for e in worst_elements(actual, ref, n):
-            kind = "non-finite mismatch" if e["nonfinite_mismatch"] else f"{fmt_num(e['ulp'])} ulp"
+        for e in worst_elements(actual, ref, failing[name], n):
+            kind = ("non-finite mismatch" if e["nonfinite_mismatch"] else
+                    f"{fmt_num(e['ratio'])}x allowed, " + ("ulp n/a: reference below the floor" if e["ulp"] is None
+                                                          else f"{fmt_num(e['ulp'])} ulp"))
             lines.append(f"    [{', '.join(map(str, e['index']))}] got {fmt_num(e['got'], 6)} ref "
                          f"{fmt_num(e['ref'], 6)} ({kind}): {locate(inputs, name, e['index'])}")
     return lines
@@ -219,7 +221,7 @@ def run_replay(impl: Implementation, replay: Replay, device: str | torch.device 
     if result.reason:
         lines.append(f"  reason: {result.reason}")
     lines.append(discrepancy_table(result))
-    failing = [k for k, m in result.outputs.items() if not m.passed]
+    failing = {k: m.tolerance for k, m in result.outputs.items() if not m.passed}
     if failing:
         lines += _worst_lines(impl, replay.case, failing, torch.device(device or default_device()), n_worst)
     return result, "\n".join(lines)

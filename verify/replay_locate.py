@@ -16,21 +16,24 @@ import torch
 
 import mlaverify.reference as ref
 from mlaverify.reference import ModelType
-from mlaverify.verify.compare import bf16_ulp
+from mlaverify.verify.compare import bf16_ulp, element_ratios
 from mlaverify.verify.materialize import Inputs
+from mlaverify.verify.results import Tolerance
 
 __all__ = ["worst_elements", "locate"]
 
 
-def worst_elements(actual: torch.Tensor, reference: torch.Tensor, n: int = 5) -> list[dict]:
-    """The ``n`` worst elements: non-finite placement mismatches first, then by error in bf16 ulps."""
+def worst_elements(actual: torch.Tensor, reference: torch.Tensor, tolerance: Tolerance, n: int = 5) -> list[dict]:
+    """The ``n`` worst elements: non-finite placement mismatches first, then by error / allowed (the
+    comparison's own measure, `compare.element_ratios`). "ulp" is None where the reference is below the
+    floor (its ulp error means nothing there)."""
     a = actual.detach().double().cpu()
     r = reference.detach().double().cpu()
     finite = torch.isfinite(a) & torch.isfinite(r)
     placement = ~finite & ~((a == r) | (torch.isnan(a) & torch.isnan(r)))
-    err = torch.where(finite, (a - r).abs(), torch.zeros_like(a))
+    err, ratio, above, _ = element_ratios(a, r, tolerance)
     ulp = err / bf16_ulp(torch.where(finite, r, torch.ones_like(r)))
-    score = torch.where(placement, torch.full_like(a, math.inf), ulp).reshape(-1)
+    score = torch.where(placement, torch.full_like(a, math.inf), ratio).reshape(-1)
     k = min(n, score.numel())
     if k == 0:
         return []
@@ -39,7 +42,8 @@ def worst_elements(actual: torch.Tensor, reference: torch.Tensor, n: int = 5) ->
     for flat in top.tolist():
         idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
         rows.append({"index": idx, "got": float(a[idx]), "ref": float(r[idx]), "abs": float(err[idx]),
-                     "ulp": float(ulp[idx]), "nonfinite_mismatch": bool(placement[idx])})
+                     "ratio": float(ratio[idx]), "ulp": float(ulp[idx]) if bool(above[idx]) else None,
+                     "nonfinite_mismatch": bool(placement[idx])})
     return rows
 
 

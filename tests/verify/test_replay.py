@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mlaverify.verify import planted
 from mlaverify.verify.cases import Case
@@ -104,3 +105,18 @@ def test_check_writes_shrunk_replays(tmp_path, capsys):
     for replay in shrunk:
         original = Case.from_id(replay.shrunk_from)
         assert replay.case.h_q <= original.h_q and replay.case.s_q <= original.s_q
+
+
+def test_worst_elements_rank_by_error_over_allowed_and_give_no_ulp_below_the_floor():
+    from mlaverify.verify.replay_locate import worst_elements
+    from mlaverify.verify.results import Tolerance
+
+    ref = torch.full((100,), 0.5)
+    ref[3] = 1e-30  # a rounding residue: its ulp error would be astronomical
+    actual = ref.clone()
+    actual[3] = 5e-4   # half of atol
+    actual[7] = 0.504  # 0.51 of the relative allowance at 0.5
+    rows = worst_elements(actual, ref, Tolerance(1e-3, 2.01 / 128), 2)
+    assert [r["index"] for r in rows] == [(7,), (3,)]
+    assert rows[0]["ulp"] is not None and rows[1]["ulp"] is None
+    assert rows[1]["ratio"] == pytest.approx(0.5)
