@@ -8,8 +8,8 @@
   must stay within, on each of three statistics,
 
       budget = max(floor, k x emulation error)
-      max abs error    floor = floor_rel x max |ref|
-      p99 abs error    floor = floor_rel x max |ref|
+      max abs error    floor = floor_rel x max(max |ref|, atol)
+      p99 abs error    floor = floor_rel x max(max |ref|, atol)
       cosine diff      max(cos_floor, k^2 x emulation's cosine difference)   (None: not judged)
 
   (the cosine difference 1 - cos ~ |error|^2 / (2 |ref|^2) is quadratic in the error, so an error k
@@ -132,7 +132,9 @@ def _calibrated(m: TensorMetrics, actual, emulated, reference, tol: Tolerance) -
     if _structural_failure(m):
         return False, m.message, {}
     kern, emu = error_stats(actual, reference), error_stats(emulated, reference)
-    scale = m.ref_absmax
+    # An all-zero reference (a gradient whose terms cancel exactly) would leave a zero floor, and the float32
+    # residue of the cancelling terms (~1e-10) would fail: below the fixed table's atol the scale is that atol.
+    scale = max(m.ref_absmax, tol.atol)
     floor = tol.floor_rel * scale
     b_max = max(floor, tol.k * emu.max_abs)
     b_p99 = max(floor, tol.k * emu.p99_abs)

@@ -82,7 +82,7 @@ class Tolerance:
 
     def describe_budget(self) -> str:
         cos = f", cos max({self.cos_floor:.3g}, k^2 x emulation)" if self.cos_floor is not None else ""
-        return f"budget max({self.floor_rel:.3g} x max|ref|, {self.k:g} x emulation error){cos}"
+        return f"budget max({self.floor_rel:.3g} x max(max|ref|, atol), {self.k:g} x emulation error){cos}"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Tolerance":
