@@ -234,12 +234,13 @@ MAX_SPLITS = 64  # the combine kernel reads all partial lse of a row at once
 MIN_STEPS_PER_SPLIT = 4  # a split shorter than this many BLOCK_N steps costs more than it saves
 
 
-def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget, num_splits=None) -> LaunchConfig:
+def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget, num_splits=None,
+                  split_p: bool | None = None) -> LaunchConfig:
     """Heads per program up to 64, and enough splits to give the device ~2 waves of programs.
 
     The choice depends on (b, s_q, h_q, topk + extra_topk) and the target only, so a sequence's
     result never depends on what its batch mates contain. ValueError when the tiles do not fit
-    the target's shared memory per block.
+    the target's shared memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
     block_n = 32  # sm_90 build at BLOCK_H 64: 164 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
@@ -256,7 +257,7 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
                 f"per block at BLOCK_N={block_n} (BLOCK_H 16 needs {SMEM_SM90[16]})"
             )
         block_h = max(fits)  # fewer heads per program where the target has less shared memory
-    split_p = p_split()
+    split_p = p_split() if split_p is None else split_p
     one_rounding_fits = SMEM_SM90_ONE_ROUNDING_BN64 <= target.smem_per_block
     if not split_p and target is not INTERPRETER and block_h == 64 and one_rounding_fits:
         block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)

@@ -73,7 +73,7 @@ def _sparse_decode(model: str) -> list[Case]:
     out: list[Case] = []
     base = dict(op="sparse_decode", model=model)
     # one list of exactly n considered entries over several pages: tile edges, the split size's edges
-    lengths = sorted({n for tile in t.list_tiles for n in around(tile)} | {t.split + 1})
+    lengths = sorted({n for tile in t.list_tiles for n in around(tile)} | {s + 1 for s in t.split_sizes})
     pbs = _rotate(PAGE_BLOCKS, model)
     for i, n in enumerate(lengths):
         pb = pbs[i % len(pbs)]
@@ -82,8 +82,8 @@ def _sparse_decode(model: str) -> list[Case]:
     count, _ = sparse_decode_splits(2100)  # the most splits one short row gets on CPU
     edge = _empty_last_split(count * t.split + 1, 2100)  # past `count` minimal splits, the last one empty
     _add(out, "split", Case(**base, seed=_model_seed(model, 20), b=1, s_q=1, h_q=1, s_kv=edge + 300, topk=edge,
-                            page_block_size=pbs[len(lengths)]))
-    rest = pbs[len(lengths) + 1:]
+                            page_block_size=pbs[len(lengths) % len(pbs)]))
+    rest = pbs[len(lengths) + 1:] or pbs[::3]  # page sizes no length case used (else a spread of them)
     for j in range(0, len(rest), 2):  # the remaining page sizes: main and extra cache, several pages each
         pb, xpb = rest[j], rest[(j + 1) % len(rest)]
         _add(out, "page", Case(**base, seed=_model_seed(model, 30 + j), b=1, s_q=1, h_q=2,

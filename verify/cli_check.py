@@ -36,7 +36,7 @@ from mlaverify.verify.report_html import render_html
 from mlaverify.verify.report_junit import render_junit
 from mlaverify.verify.report_markdown import render_markdown
 from mlaverify.verify.results import STATUSES, Report
-from mlaverify.verify.coverage import attach_coverage, coverage_exit
+from mlaverify.verify.coverage import attach_coverage, print_coverage
 from mlaverify.verify.runner import default_device, environment, run_check
 from mlaverify.verify.budgets import DEFAULT_POLICY
 from mlaverify.verify.tolerances import apply_overrides, load_tolerances, parse_override
@@ -181,6 +181,8 @@ def exit_code(report: Report, allow_skips: bool = False, allow_empty: bool = Fal
         return EXIT_OK if allow_empty else EXIT_NOT_VERIFIED
     if not report.verified:
         return EXIT_OK if allow_skips else EXIT_NOT_VERIFIED
+    if report.coverage_missing:  # --require-coverage: a boundary feature no case could have failed on
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -248,7 +250,8 @@ def check_command(args, out: TextIO, err: TextIO) -> int:
     finally:
         impl.close()
     print_summary(result, out)
-    return coverage_exit(result.report, exit_code(result.report, args.allow_skips, args.allow_empty), out)
+    print_coverage(result.report, out)
+    return exit_code(result.report, args.allow_skips, args.allow_empty)
 
 
 def gate_command(args, out: TextIO, err: TextIO) -> int:
@@ -286,12 +289,15 @@ def gate_command(args, out: TextIO, err: TextIO) -> int:
             impl.close()
         print_summary(result, out)
     print(verdict.format(), file=out)
+    print_coverage(result.report, out)
     if result.report.run_status == "interrupted":
         return EXIT_INTERRUPTED
     if verdict.verdict == "FAIL":
         return EXIT_FAILED
     if verdict.verdict == "NOT VERIFIED":
         return EXIT_OK if args.allow_skips else EXIT_NOT_VERIFIED
+    if result.report.coverage_missing:  # the baseline's cases no longer reach a boundary feature
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -314,6 +320,11 @@ def baseline_command(args, out: TextIO, err: TextIO) -> int:
         return EXIT_NOT_VERIFIED
     if not report.passed and not args.allow_failures:
         print("baseline: not written: cases fail (fix them, or pass --allow-failures to record them)", file=out)
+        return EXIT_FAILED
+    if report.coverage_missing:
+        print_coverage(report, out)
+        print("baseline: not written: its cases leave boundary features unobserved, so it could not gate them "
+              "(--no-require-coverage to write it anyway)", file=out)
         return EXIT_FAILED
     print(f"wrote baseline {write_atomic(args.output, report.to_json())}", file=out)
     return EXIT_OK

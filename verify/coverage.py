@@ -3,7 +3,9 @@
     observed_features(case, inputs)      # frozenset of REQUIRED[case.op] features this case could fail on
     summary = coverage_summary(results)  # {"op/model": {"features": {f: {"run", "observed", ...}}, "unobserved": [...]}}
     unobserved(summary)                  # ["sparse_decode/v32: page576", ...]  (--require-coverage fails on these)
-    matrix_rows(summary)                 # rows for a report's feature matrix: [feature, column, run, observed]
+
+The reports render ``settings["coverage"]`` (`report_common.coverage_view`): observed / run per
+feature and op/model, the unobserved features listed, and the verdict NOT COVERED when required.
 
 Everything is computed from the `Case` and its materialized inputs (which entries are valid and
 considered, which heads have a sink that leaves the output visible, which keys each query sees),
@@ -39,8 +41,7 @@ from mlaverify.verify.boundary_cases import PAGE_BLOCKS
 from mlaverify.verify.cases import Case
 from mlaverify.verify.kernel_tiles import kernel_tiles
 
-__all__ = ["required_features", "observed_features", "coverage_summary", "unobserved", "matrix_rows", "report_matrix",
-           "attach_coverage", "coverage_exit"]
+__all__ = ["required_features", "observed_features", "coverage_summary", "unobserved", "attach_coverage", "print_coverage"]
 
 _LONG = 1024  # list slots / keys past 16 splits of 64: the CPU draws never reach it
 
@@ -263,7 +264,7 @@ def coverage_summary(results: Iterable) -> dict:
     """Per "op/model": for each required feature, cases run, cases where it was observed, and skipped
     cases where it would have been (the implementation does not claim them: reported, not "unobserved")."""
     cols: dict[str, str] = {}
-    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))
     for r in results:
         case = r.case
         col = f"{case.op}/{case.model}"
@@ -276,9 +277,10 @@ def coverage_summary(results: Iterable) -> dict:
             else:
                 cell[0] += 1
                 cell[1] += feature in obs
+                cell[3] += feature in obs and r.status == "pass"
     out = {}
     for col, op in cols.items():
-        feats = {f: {"run": c[0], "observed": c[1], "skipped_observable": c[2]}
+        feats = {f: {"run": c[0], "observed": c[1], "observed_passed": c[3], "skipped_observable": c[2]}
                  for f, c in ((f, counts[col][f]) for f in required_features(op))}
         out[col] = {"features": feats,
                     "unobserved": [f for f, c in feats.items() if c["observed"] == 0 and c["skipped_observable"] == 0],
@@ -290,11 +292,6 @@ def unobserved(summary: dict) -> list[str]:
     return [f"{col}: {f}" for col, v in sorted(summary.items()) for f in v["unobserved"]]
 
 
-def matrix_rows(summary: dict) -> list[list]:
-    """[feature, "op/model", cases run, cases where observed] rows: the hook for report renderers."""
-    return [[f, col, c["run"], c["observed"]] for col, v in sorted(summary.items()) for f, c in v["features"].items()]
-
-
 def attach_coverage(report, args, profile: str, presets: bool) -> None:
     """Put the coverage summary and whether it is required into ``report.settings["coverage"]``."""
     required = getattr(args, "require_coverage", None)
@@ -304,19 +301,11 @@ def attach_coverage(report, args, profile: str, presets: bool) -> None:
     report.settings["coverage"] = {"required": bool(required), "columns": summary, "unobserved": unobserved(summary)}
 
 
-def coverage_exit(report, code: int, out) -> int:
-    """The exit code, 1 instead of 0 when coverage is required and a feature was never observed."""
+def print_coverage(report, out) -> None:
+    """Print the features no case made observable, and the failure when coverage was required."""
     cov = report.settings.get("coverage") or {}
     missing = cov.get("unobserved") or []
     if missing:
         print(f"coverage: {len(missing)} boundary features never observed: " + ", ".join(missing), file=out)
-    if cov.get("required") and missing and code == 0:
-        print("coverage: FAIL (--require-coverage)", file=out)
-        return 1
-    return code
-
-
-def report_matrix(report) -> list[list]:
-    """The one-line hook for report renderers: `matrix_rows` of a report's coverage ([] when it has none)."""
-    cov = (getattr(report, "settings", None) or {}).get("coverage") or {}
-    return matrix_rows(cov.get("columns") or {})
+    if report.coverage_missing:
+        print("coverage: FAIL (--require-coverage): NOT COVERED", file=out)

@@ -12,9 +12,10 @@ enough to be worth a dependency for ~40 lines. The model is a factor like any ot
 model1 (d192 and d128) get different rows. Cases stay cheap on the Triton interpreter: b <= 2,
 and the long levels (600-entry lists, 128 heads) meet the other factors once each, not in bulk.
 
-`VALUE_FACTOR` is the hook for the value distributions (`distributions.PRODUCTION_DISTRIBUTIONS`):
-when `Case` gains its distribution field, set ``VALUE_FACTOR = ("<field name>", (<levels>))`` and
-every op's array gets that factor, its levels paired with all the others.
+`VALUE_FACTOR` is the value distribution of keys and queries (`Case.dist`, every level of
+`DIST_MODES`: FlashMLA's flat data and the five production distributions): every op's array has
+it as a factor, so each distribution meets each level of every other factor (peaked queries with
+two head tiles, wide logits with a long list, near-duplicate keys across big pages, ...).
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import random
 from itertools import combinations
 from typing import Mapping, Sequence
 
-from mlaverify.verify.cases import MODELS, Case
+from mlaverify.verify.cases import DIST_MODES, MODELS, Case
 
 __all__ = ["FACTORS", "VALUE_FACTOR", "pairwise", "uncovered_pairs", "covering_cases"]
 
-VALUE_FACTOR: tuple[str, tuple] | None = None  # hook: (Case field, levels) of the value distribution
+VALUE_FACTOR: tuple[str, tuple] | None = ("dist", DIST_MODES)  # (Case field, levels) of the value distribution
 
 FACTORS: dict[str, dict[str, tuple]] = {  # two levels where two suffice: each row costs seconds on CPU
     "sparse_decode": {

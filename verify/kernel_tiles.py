@@ -23,7 +23,8 @@ class OpTiles:
     list_tiles: tuple[int, ...]      # keys / index entries per loop step
     head_tiles: tuple[int, ...] = ()  # query heads per program (sparse ops)
     query_tiles: tuple[int, ...] = ()  # query rows per tile (dense decode rows, mha queries)
-    split: int = 0                   # tokens / entries per split below which no more splits are made
+    split: int = 0                   # tokens / entries per split below which no more splits are made (smallest)
+    split_sizes: tuple[int, ...] = ()  # that size in every mode (it grows with the list tile)
     max_splits: int = 0              # the most splits of one row (0: no cap known)
 
 
@@ -36,7 +37,10 @@ def _need(module, name: str):
 
 
 def _modes():
-    """The interpreter and the compiled sm_90 target: a case list must not depend on the machine drawing it."""
+    """The interpreter and the compiled sm_90 target: a case list must not depend on the machine drawing it.
+
+    Each is read with P as hi + lo and with one rounding (``MLAVERIFY_P_SPLIT``), which changes the
+    compiled tiles: the case list does not depend on that switch either."""
     from mlaverify.kernels import _targets
 
     return (_need(_targets, "INTERPRETER"), _need(_targets, "TARGETS")["sm_90"])
@@ -47,18 +51,20 @@ def kernel_tiles() -> dict[str, OpTiles]:
     from mlaverify.kernels import dense_decode, mha_prefill, sparse_decode, sparse_prefill
 
     modes = _modes()
-    sd_cfgs = [_need(sparse_decode, "choose_config")(1, 1, h, 1, t) for h in (1, 128) for t in modes]
+    splits = (True, False)
+    sd_cfgs = [_need(sparse_decode, "choose_config")(1, 1, h, 1, t, split_p=p) for h in (1, 128) for t in modes
+               for p in splits]
     sd_block_n = tuple(sorted({c.block_n for c in sd_cfgs}))
+    sd_splits = tuple(_need(sparse_decode, "MIN_STEPS_PER_SPLIT") * n for n in sd_block_n)
     sd = OpTiles(list_tiles=sd_block_n, head_tiles=tuple(sorted({c.block_h for c in sd_cfgs})),
-                 split=_need(sparse_decode, "MIN_STEPS_PER_SPLIT") * max(sd_block_n),
-                 max_splits=_need(sparse_decode, "MAX_SPLITS"))
-    sp_cfgs = [_need(sparse_prefill, "launch_tiles")(128, t) for t in modes]
+                 split=min(sd_splits), split_sizes=sd_splits, max_splits=_need(sparse_decode, "MAX_SPLITS"))
+    sp_cfgs = [_need(sparse_prefill, "launch_tiles")(h, t, p) for h in (1, 128) for t in modes for p in splits]
     sp = OpTiles(list_tiles=tuple(sorted({c.block_k for c in sp_cfgs})),
                  head_tiles=tuple(sorted({c.block_h for c in sp_cfgs})))
-    dd_cfgs = [_need(dense_decode, "launch_tiles")(rows, t) for rows in (1, 128) for t in modes]
+    dd_cfgs = [_need(dense_decode, "launch_tiles")(rows, t, p) for rows in (1, 128) for t in modes for p in splits]
     dd = OpTiles(list_tiles=tuple(sorted({c.block_n for c in dd_cfgs})),
                  query_tiles=tuple(sorted({c.block_m for c in dd_cfgs})),
-                 split=_need(dense_decode, "MIN_SPLIT_TOKENS"))
+                 split=_need(dense_decode, "MIN_SPLIT_TOKENS"), split_sizes=(_need(dense_decode, "MIN_SPLIT_TOKENS"),))
     mha = [_need(mha_prefill, "_INTERPRETER_TILES"), *_need(mha_prefill, "_GPU_TILES").values()]
     mh = OpTiles(list_tiles=tuple(sorted({t.block_n for t in mha})), query_tiles=tuple(sorted({t.block_m for t in mha})))
     return {"sparse_decode": sd, "sparse_prefill": sp, "dense_decode": dd, "mha_prefill": mh}

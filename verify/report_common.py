@@ -10,6 +10,7 @@ import re
 import shlex
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,7 +20,8 @@ from mlaverify.verify.results import CaseResult, Report, TensorMetrics
 __all__ = ["ReportError", "load_report", "write_atomic", "merge_reports", "group_by_op_model", "feature_matrix",
            "discrepancy_rows", "discrepancy_table", "text_table", "replay_command", "replay_files_of", "impl_spec",
            "worst_cases", "case_score", "fmt_num", "fmt_metric", "fmt_ratio", "case_ratio", "failing_outputs",
-           "NA_FLOOR", "NA_COS", "METRIC_LABELS", "feature_groups", "gate_summary", "gate_tables", "largest_errors"]
+           "NA_FLOOR", "NA_COS", "METRIC_LABELS", "feature_groups", "gate_summary", "gate_tables", "largest_errors",
+           "CoverageView", "coverage_view"]
 
 # Metrics shown in tables and compared by the gate, in display order, with their column labels.
 METRIC_LABELS = {
@@ -311,3 +313,67 @@ def largest_errors(cases: Iterable[CaseResult], n: int) -> list[tuple[CaseResult
     rows = [(c, m) for c in cases if c.status != "skip" for m in c.outputs.values()]
     return sorted(rows, key=lambda cm: (math.inf if math.isnan(cm[1].tol_ratio) else cm[1].tol_ratio),
                   reverse=True)[:n]
+
+
+@dataclass(frozen=True)
+class CoverageView:
+    """A report's boundary coverage (``settings["coverage"]``, issue 11) arranged for a renderer."""
+
+    required: bool                           # --require-coverage: an unobserved feature fails the run
+    ops: dict[str, list[str]]                # op -> its models' columns ("sparse_decode/v32", ...)
+    features: dict[str, list[str]]           # op -> its required features, in the order listed
+    cells: dict[tuple[str, str], dict]       # (feature, column) -> {"run", "observed", "observed_passed", ...}
+    unobserved: list[str]                    # "op/model: feature" no executed case made observable
+    not_claimed: list[str]                   # observable only in skipped cases (the implementation lacks them)
+
+    @property
+    def total(self) -> int:
+        return len(self.cells)
+
+    @property
+    def observed(self) -> int:
+        return sum(1 for c in self.cells.values() if c["observed"])
+
+    def cell_text(self, feature: str, column: str) -> tuple[str, str]:
+        """(text, kind): "observed/run" and "pass" / "fail" (observed where a case failed) / "none" (never
+        observed) / "skip" (observable only in skipped cases) / "n/a" (not a feature of that column)."""
+        c = self.cells.get((feature, column))
+        if c is None:
+            return "", "n/a"
+        if not c["observed"]:
+            return (f"skip {c['skipped_observable']}", "skip") if c["skipped_observable"] else (f"0/{c['run']}", "none")
+        text = f"{c['observed']}/{c['run']}"
+        failed = c["observed"] - c.get("observed_passed", c["observed"])
+        return (f"{text} ({failed} failed)", "fail") if failed else (text, "pass")
+
+    def headline(self) -> str:
+        """One line: how many (feature, op/model) pairs were observed, and which were not."""
+        line = f"boundary coverage: {self.observed} of {self.total} features observed"
+        if self.unobserved:
+            line += f"; never observed ({len(self.unobserved)}): " + ", ".join(self.unobserved)
+        if self.not_claimed:
+            line += f"; only in skipped cases ({len(self.not_claimed)})"
+        return line + (" (required)" if self.required else "")
+
+
+def coverage_view(report: Report) -> CoverageView | None:
+    """The report's coverage as a `CoverageView`; None when the run recorded none (an older report,
+    a preset run)."""
+    cov = report.settings.get("coverage") or {}
+    columns = cov.get("columns") or {}
+    if not columns:
+        return None
+    ops: dict[str, list[str]] = defaultdict(list)
+    features: dict[str, list[str]] = {}
+    cells: dict[tuple[str, str], dict] = {}
+    not_claimed: list[str] = []
+    for column in sorted(columns):
+        op = column.split("/")[0]
+        ops[op].append(column)
+        feats = columns[column].get("features") or {}
+        known = features.setdefault(op, [])
+        known += [f for f in feats if f not in known]
+        cells.update({(f, column): c for f, c in feats.items()})
+        not_claimed += [f"{column}: {f}" for f in columns[column].get("not_claimed") or []]
+    return CoverageView(bool(cov.get("required")), dict(ops), features, cells, list(cov.get("unobserved") or []),
+                        not_claimed)

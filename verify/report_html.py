@@ -11,7 +11,7 @@ from html import escape
 
 from mlaverify.verify import root_cause
 from mlaverify.verify.report_common import (
-    NA_COS, NA_FLOOR, case_ratio, discrepancy_rows, failing_outputs, feature_groups, feature_matrix, fmt_metric,
+    NA_COS, NA_FLOOR, case_ratio, coverage_view, discrepancy_rows, failing_outputs, feature_groups, feature_matrix, fmt_metric,
     fmt_num, fmt_ratio, gate_summary, gate_tables, group_by_op_model, impl_spec, largest_errors, replay_command,
     replay_files_of,
 )
@@ -70,6 +70,13 @@ def _head(report: Report, impl: str) -> list[str]:
     if verdict == "NOT VERIFIED":
         parts.append("<p class='lead'>NOT VERIFIED: no case was executed (every case skipped or none selected); "
                      "this run says nothing about the implementation.</p>")
+    cov = coverage_view(report)
+    if verdict == "NOT COVERED":
+        parts.append(f"<p class='lead'>NOT COVERED: every case passed, but {len(cov.unobserved)} required boundary "
+                     "features were never observable in any case, so a bug there could not have failed: "
+                     f"{escape(', '.join(cov.unobserved))} — <a href='#coverage'>coverage</a></p>")
+    elif cov is not None:
+        parts.append(f"<p>{escape(cov.headline())} — <a href='#coverage'>coverage</a></p>")
     if report.run_status == "interrupted":
         parts.append("<p class='lead'>INTERRUPTED: the run was stopped; only the cases done so far are here.</p>")
     if report.run_status == "aborted":
@@ -77,9 +84,11 @@ def _head(report: Report, impl: str) -> list[str]:
     if report.gate is not None:
         parts.append(f"<p class='lead'>{escape(gate_summary(report.gate))} — <a href='#gate'>details</a></p>")
     links = [("failures", "Failures"), ("root-cause", "Root cause"), ("gate", "Gate"), ("details", "Failure details"),
-             ("by-op", "By op"), ("largest", "Largest errors"), ("matrix", "Feature matrix"), ("plots", "Plots"),
+             ("by-op", "By op"), ("largest", "Largest errors"), ("matrix", "Feature matrix"),
+             ("coverage", "Coverage"), ("plots", "Plots"),
              ("all-cases", "All cases")]
     shown = [(a, t) for a, t in links if (a != "gate" or report.gate is not None)
+             and (a != "coverage" or cov is not None)
              and (a not in ("failures", "details", "root-cause") or report.failures())]
     parts.append("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in shown) + "</nav>")
     return parts
@@ -244,6 +253,41 @@ def _matrix(report: Report) -> list[str]:
     return parts
 
 
+def _coverage(report: Report) -> list[str]:
+    """Boundary coverage: per op, each required feature's observed / run count per model."""
+    cov = coverage_view(report)
+    if cov is None:
+        return []
+    parts = [f"<h2 id='coverage'>Boundary coverage ({cov.observed} of {cov.total} features observed)</h2>",
+             "<p>A feature counts only where a bug in it could have changed the output: the output it feeds is "
+             "not forced to zero or empty, and the feature's own part reaches it (a tile's last entry valid, a "
+             "head past the first tile with a visible sink, an entry past token 64 of a big page, ...). Cells: "
+             "cases where observed / cases run; red: never observed, or a case failed where it was.</p>"]
+    if cov.unobserved:
+        parts.append(f"<p class='fail'>Never observed ({len(cov.unobserved)}"
+                     f"{', required: the run fails' if cov.required else ''}): "
+                     f"{escape(', '.join(cov.unobserved))}</p>")
+    if cov.not_claimed:
+        parts.append(f"<p class='skip'>Observable only in skipped cases ({len(cov.not_claimed)}): "
+                     f"{escape(', '.join(cov.not_claimed))}</p>")
+    css = {"pass": "num cell-pass", "fail": "num cell-fail", "none": "num cell-fail", "skip": "cell-none",
+           "n/a": "cell-none"}
+    for op, columns in cov.ops.items():
+        head = "<tr><th>feature</th>" + "".join(f"<th>{escape(c.split('/')[1])}</th>" for c in columns) + "</tr>"
+        rows = []
+        for f in cov.features[op]:
+            cells = [cov.cell_text(f, col) for col in columns]
+            rows.append(f"<tr><td><code>{escape(f)}</code></td>"
+                        + "".join(f"<td class='{css[k]}'>{escape(t)}</td>" for t, k in cells) + "</tr>")
+        seen = sum(1 for col in columns for f in cov.features[op] if cov.cell_text(f, col)[1] in ("pass", "fail"))
+        total = sum(1 for col in columns for f in cov.features[op] if (f, col) in cov.cells)
+        opened = " open" if any(cov.cell_text(f, col)[1] in ("none", "fail") for col in columns
+                                for f in cov.features[op]) else ""
+        parts.append(f"<details{opened}><summary><code>{escape(op)}</code>: {seen} of {total} observed</summary>"
+                     f"<table>{head}{''.join(rows)}</table></details>")
+    return parts
+
+
 def _plots(report: Report) -> list[str]:
     from mlaverify.verify.report_plots import RATIO_HI, RATIO_LO, figure_svg, report_figures  # matplotlib: lazily
 
@@ -285,7 +329,7 @@ def render_html(report: Report, *, replay_files: dict[str, str] | None = None) -
         parts += _gate(report.gate)
     if failures:
         parts += _failure_details(report, failures, replay_files)
-    parts += _by_op(report) + _largest(report) + _matrix(report) + _plots(report) + _all_cases(report)
+    parts += _by_op(report) + _largest(report) + _matrix(report) + _coverage(report) + _plots(report) + _all_cases(report)
     parts += _settings(report)
     parts.append("</body></html>\n")
     return "".join(parts)

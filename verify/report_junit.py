@@ -2,7 +2,8 @@
 
 A dashboard reads "no failure" as green, so what is not a case failure but still not a pass gets a
 failing testcase of its own in the suite "mla-verify": a verdict of NOT VERIFIED, INTERRUPTED or
-ABORTED (testcase "verdict"), and, for a gate report, each metric regression, missing case and
+ABORTED (testcase "verdict"), each required boundary feature no case made observable (testcases
+"coverage/<op>/<model>: <feature>"), and, for a gate report, each metric regression, missing case and
 loosened tolerance (testcases "gate/regression/...", "gate/missing/...", "gate/loosened/...").
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _run_suite(root: ET.Element, report: Report) -> dict[str, int]:
         items.append(("verdict", f"ABORTED: {report.fatal or 'no reason recorded'}", report.fatal))
     elif verdict in _VERDICT_TEXT and report.gate is None:
         items.append(("verdict", f"{verdict}: {_VERDICT_TEXT[verdict]}", ""))
+    items += [(f"coverage/{f}", f"NOT COVERED: {f} was never observable in any case (--require-coverage)", f)
+              for f in report.coverage_missing]
     gate = report.gate
     if gate is not None:
         if gate.get("verdict") == "NOT VERIFIED":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mlaverify.verify import root_cause
 from mlaverify.verify.report_common import (
-    NA_COS, case_ratio, discrepancy_rows, failing_outputs, feature_groups, feature_matrix, fmt_metric, fmt_num,
+    NA_COS, case_ratio, coverage_view, discrepancy_rows, failing_outputs, feature_groups, feature_matrix, fmt_metric, fmt_num,
     fmt_ratio, gate_summary, gate_tables, group_by_op_model, impl_spec, largest_errors, replay_command,
     replay_files_of,
 )
@@ -52,6 +52,13 @@ def _head(report: Report, impl: str | None) -> list[str]:
     if verdict == "NOT VERIFIED":
         lines += ["", "**NOT VERIFIED**: no case was executed (every case skipped or none selected); this run says "
                       "nothing about the implementation."]
+    cov = coverage_view(report)
+    if verdict == "NOT COVERED":
+        lines += ["", f"**NOT COVERED**: every case passed, but {len(cov.unobserved)} required boundary features were "
+                      "never observable in any case, so a bug there could not have failed: "
+                      + ", ".join(f"`{f}`" for f in cov.unobserved)]
+    elif cov is not None:
+        lines += ["", cov.headline()[0].upper() + cov.headline()[1:] + "."]
     if report.run_status == "interrupted":
         lines += ["", "**INTERRUPTED**: the run was stopped; only the cases done so far are reported."]
     if report.run_status == "aborted":
@@ -143,6 +150,20 @@ def _matrix(report: Report) -> list[str]:
                     _table(["feature", *columns], rows))
 
 
+def _coverage(report: Report) -> list[str]:
+    cov = coverage_view(report)
+    if cov is None:
+        return []
+    mark = {"pass": "", "fail": "❌ ", "none": "❌ ", "skip": "", "n/a": ""}
+    lines = []
+    for op, columns in cov.ops.items():
+        rows = [[f"`{f}`", *(mark[k] + t for t, k in (cov.cell_text(f, col) for col in columns))]
+                for f in cov.features[op]]
+        lines += ["", f"**{op}**", ""] + _table(["feature", *(c.split("/")[1] for c in columns)], rows)
+    return _details(f"Boundary coverage: {cov.observed} of {cov.total} features observed "
+                    "(cases where observable / cases run; ❌ never observed, or failed where observed)", lines)
+
+
 def render_markdown(report: Report, *, replay_files: dict[str, str] | None = None) -> str:
     """The summary (see the module docstring). ``replay_files`` maps case ids to replay file paths."""
     replay_files = replay_files_of(report, replay_files)
@@ -155,7 +176,7 @@ def render_markdown(report: Report, *, replay_files: dict[str, str] | None = Non
     if report.gate is not None:
         for title, head, rows in gate_tables(report.gate):
             tail += _details(f"Gate: {title} ({len(rows)})", _table(head, rows[:50]))
-    tail += _details("By op and model", _by_op(report)) + _largest(report) + _matrix(report)
+    tail += _details("By op and model", _by_op(report)) + _largest(report) + _matrix(report) + _coverage(report)
     skipped = [c for c in report.cases if c.status == "skip"]
     if skipped:
         reasons: dict[str, int] = {}

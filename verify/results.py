@@ -274,17 +274,28 @@ class Report:
         return any(c.status != "skip" for c in self.cases)
 
     @property
+    def coverage_missing(self) -> list[str]:
+        """The boundary features ("op/model: feature") no case made observable, when the run required
+        coverage (``settings["coverage"]``, issue 11); [] when it did not or none is missing."""
+        cov = self.settings.get("coverage") or {}
+        return list(cov.get("unobserved") or []) if cov.get("required") else []
+
+    @property
     def verdict(self) -> str:
-        """"PASS", "FAIL", "NOT VERIFIED" (nothing executed), "INTERRUPTED" or "ABORTED"; the gate's if judged."""
+        """"PASS", "FAIL", "NOT VERIFIED" (nothing executed), "NOT COVERED" (every case passed but a required
+        boundary feature was never observed), "INTERRUPTED" or "ABORTED"; the gate's if judged."""
         if self.gate is not None:
-            return str(self.gate.get("verdict", "FAIL"))
+            gate = str(self.gate.get("verdict", "FAIL"))
+            return "NOT COVERED" if gate == "PASS" and self.coverage_missing else gate
         if self.run_status == "aborted":
             return "ABORTED"
         if not self.summary["passed"]:
             return "FAIL"
         if self.run_status == "interrupted":
             return "INTERRUPTED"
-        return "PASS" if self.verified else "NOT VERIFIED"
+        if not self.verified:
+            return "NOT VERIFIED"
+        return "NOT COVERED" if self.coverage_missing else "PASS"
 
     def failures(self) -> list[CaseResult]:
         return [c for c in self.cases if c.status in ("fail", "error")]

@@ -100,7 +100,9 @@ def test_coverage_summary_lists_unobserved_and_skipped_features():
     case = Case(op="sparse_prefill", model="v32", s_q=2, h_q=2, s_kv=60, topk=31)
     summary = coverage_summary([CaseResult(case, "pass")])
     col = summary["sparse_prefill/v32"]
-    assert col["features"]["len:32-1"] == {"run": 1, "observed": 1, "skipped_observable": 0}
+    assert col["features"]["len:32-1"] == {"run": 1, "observed": 1, "observed_passed": 1, "skipped_observable": 0}
+    failed = coverage_summary([CaseResult(case, "fail")])["sparse_prefill/v32"]["features"]["len:32-1"]
+    assert failed == {"run": 1, "observed": 1, "observed_passed": 0, "skipped_observable": 0}
     assert "duplicates" in col["unobserved"] and "sparse_prefill/v32: duplicates" in unobserved(summary)
     skipped = coverage_summary([CaseResult(case, "skip")])["sparse_prefill/v32"]
     assert "len:32-1" in skipped["not_claimed"] and "len:32-1" not in skipped["unobserved"]

@@ -6,7 +6,7 @@ from itertools import combinations
 import pytest
 
 from mlaverify.verify import covering
-from mlaverify.verify.cases import MODELS
+from mlaverify.verify.cases import DIST_MODES, MODELS
 
 
 def test_every_pair_of_levels_meets_in_some_row():
@@ -22,13 +22,20 @@ def test_every_pair_of_levels_meets_in_some_row():
 
 @pytest.mark.parametrize("op", list(covering.FACTORS))
 def test_each_op_array_is_complete_and_split_by_model(op):
-    rows = covering.pairwise(covering.FACTORS[op])
-    assert not covering.uncovered_pairs(covering.FACTORS[op], rows)
+    factors = covering._factors(op)
+    assert factors["dist"] == DIST_MODES  # the value distribution is a factor of every op
+    rows = covering.pairwise(factors)
+    assert not covering.uncovered_pairs(factors, rows)
     per_model = {m: covering.covering_cases(op, m) for m in MODELS[op]}
     assert sum(len(v) for v in per_model.values()) == len(rows)
     for model, cases in per_model.items():
         assert cases and all(c.op == op and c.model == model for c in cases)
         assert len({c.id for c in cases}) == len(cases)
+    cases = [c for v in per_model.values() for c in v]
+    assert {c.dist for c in cases} == set(DIST_MODES)
+    for other in ("heads", "group", "topk", "keys", "length"):  # each distribution meets each level of them
+        if other in factors:
+            assert {(r["dist"], r[other]) for r in rows} == {(d, x) for d in DIST_MODES for x in factors[other]}
 
 
 def test_value_factor_hook_adds_a_factor(monkeypatch):
