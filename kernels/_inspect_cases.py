@@ -18,7 +18,8 @@ from mlaverify.reference import ModelType, configs
 from mlaverify.reference.mha_prefill import AttentionMask, MhaPrefillShapes
 from mlaverify.reference.validation import SparseDecodeShapes
 
-from . import mha_benchmark
+from . import _bench_formulas as formulas, mha_benchmark
+from ._bench_cases import TARGETS as BENCH_TARGETS
 from ._launch import KernelLaunch
 from ._targets import GpuTarget
 from .dense_decode import dense_decode_plan
@@ -37,6 +38,10 @@ class Case:
     op: str  # sparse_decode | sparse_prefill | dense_decode | mha_fwd | mha_bwd
     shape: str  # human-readable shape
     build: object  # target -> list[KernelLaunch]
+    work: dict = dataclasses.field(default_factory=dict)  # what the estimate needs (see `_estimate`):
+    # flops (the spec's count for the whole op), bytes (the spec's formula), scores ((query, key, head)
+    # triples: one exp2 each per kernel that computes P), fp8_tokens (sparse decode: FP8 tokens one head
+    # tile dequantizes), h_q, target ((metric, value) of issue 3, when it sets one)
 
 
 def _empty(*shape, dtype=torch.bfloat16):
@@ -70,7 +75,12 @@ def _sparse_decode_case(rec: configs.SparseDecodeConfig, b: int) -> Case:
     shape = f"b={b} s_q={rec.s_q} h_q={rec.h_q} d_qk={model.d_qk} topk={rec.topk}"
     if rec.extra_s_k:
         shape += f" extra_topk={rec.extra_topk}" + (" +len" if rec.extra_topk_length else "")
-    return Case(rec.name, f"{rec.name} b={b}", "sparse_decode", shape, build)
+    tokens = b * rec.s_q * (rec.topk + rec.extra_topk)  # every list entry is attended (no topk_length cut)
+    work = dict(flops=formulas.sparse_decode_flops(rec.h_q, tokens, model.d_qk), fp8_tokens=tokens, h_q=rec.h_q,
+                scores=tokens * rec.h_q,
+                bytes=formulas.sparse_decode_bytes(b, rec.s_q, rec.h_q, model.d_qk, tokens),  # no shared positions
+                target=BENCH_TARGETS.get(("sparse_decode", rec.name)) if b == 128 else None)
+    return Case(rec.name, f"{rec.name} b={b}", "sparse_decode", shape, build, work)
 
 
 def _sparse_prefill_case(rec: configs.SparsePrefillConfig) -> Case:
@@ -86,7 +96,11 @@ def _sparse_prefill_case(rec: configs.SparsePrefillConfig) -> Case:
         return launches
 
     shape = f"s_q={rec.s_q} h_q={rec.h_q} d_qk={d_qk} s_kv={s_kv} topk={rec.topk}"
-    return Case(f"prefill-{rec.name}", f"prefill-{rec.name}", "sparse_prefill", shape, build)
+    attended = rec.s_q * rec.topk
+    work = dict(flops=formulas.sparse_prefill_flops(attended, rec.h_q, d_qk), h_q=rec.h_q, scores=attended * rec.h_q,
+                bytes=formulas.sparse_prefill_bytes(attended, rec.s_q, rec.h_q, d_qk),
+                target=BENCH_TARGETS.get(("sparse_prefill", rec.name)))
+    return Case(f"prefill-{rec.name}", f"prefill-{rec.name}", "sparse_prefill", shape, build, work)
 
 
 def _dense_decode_case(rec: configs.DenseDecodeConfig) -> Case:
@@ -101,7 +115,11 @@ def _dense_decode_case(rec: configs.DenseDecodeConfig) -> Case:
 
     shape = f"b={rec.b} s_q={rec.s_q} h_q={rec.h_q} h_kv={rec.h_kv} d={rec.d} s_k={rec.s_k}"
     shape += " causal" if rec.causal else ""
-    return Case("dense-v32", f"dense-{rec.name}", "dense_decode", shape, build)
+    work = dict(flops=formulas.dense_decode_flops(rec.b, rec.s_q, rec.h_q, rec.d, rec.s_k), h_q=rec.h_q,
+                scores=rec.b * rec.s_q * rec.h_q * rec.s_k,
+                bytes=formulas.dense_decode_bytes(rec.b, rec.s_q, rec.h_q, rec.h_kv, rec.d, rec.s_k),
+                target=BENCH_TARGETS.get(("dense_decode", rec.name)))
+    return Case("dense-v32", f"dense-{rec.name}", "dense_decode", shape, build, work)
 
 
 def _mha_cases() -> list[Case]:
@@ -131,7 +149,16 @@ def _mha_cases() -> list[Case]:
 
     shape = (f"{cfg.batch}x{cfg.seqlen} h_q={cfg.h_q} h_kv={cfg.h_kv} d_qk={cfg.d_qk} d_v={cfg.d_v}"
              + (" causal" if cfg.causal else ""))
-    return [Case("mha", "mha-fwd", "mha_fwd", shape, fwd), Case("mha", "mha-bwd", "mha_bwd", shape, bwd)]
+    pairs = mha_benchmark.attended_pairs((cfg.seqlen,) * cfg.batch, (cfg.seqlen,) * cfg.batch, cfg.causal)
+    fwd_flops = mha_benchmark.forward_flops(pairs, cfg.h_q, cfg.d_qk, cfg.d_v)
+    io = 2 * total * (cfg.h_q * (cfg.d_qk + cfg.d_v) + cfg.h_kv * (cfg.d_qk + cfg.d_v))  # q, o, k, v in bf16
+    fwd_work = dict(flops=fwd_flops, bytes=io, h_q=cfg.h_q, scores=pairs * cfg.h_q,
+                    target=("tflops", mha_benchmark.TARGET_TFLOPS["fwd"]))
+    bwd_work = dict(flops=mha_benchmark.BACKWARD_FLOP_FACTOR * fwd_flops, bytes=2 * io, h_q=cfg.h_q,  # + the grads
+                    scores=pairs * cfg.h_q,  # P recomputed by the dk/dv and the dq kernel: once each
+                    target=("tflops", mha_benchmark.TARGET_TFLOPS["bwd"]))
+    return [Case("mha", "mha-fwd", "mha_fwd", shape, fwd, fwd_work),
+            Case("mha", "mha-bwd", "mha_bwd", shape, bwd, bwd_work)]
 
 
 def all_cases(full: bool = True) -> list[Case]:

@@ -22,14 +22,53 @@ class Budget:
 
 # Ratios: exact multiples of the tile work, so the budget is the value itself (+0.005 for the
 # printed rounding, never to admit more work).
+#
+# The default build: one bf16 rounding of P and dS (MLAVERIFY_P_SPLIT unset or 0).
 SM90_BUDGETS = {
     "sparse_decode.split": Budget(
-        816, ("wgmma",), 2.005,
-        "255 registers: the [64, 512] f32 accumulator plus the [32, 512] dequantized keys; MODEL1 spills "
-        "664-808 B, V32 464-576 B. Ratio 2: both warpgroups compute the whole QK product (Triton splits "
-        "the 64-row wgmma tile by N only for the PV dot) and P @ V runs twice (p_hi + p_lo).",
+        704, ("wgmma",), 1.535,
+        "64 heads x BLOCK_N 64 (V32 189,696 B, MODEL1 164,096 B of shared memory); 255 registers with the "
+        "[64, 512] f32 accumulator and the [64, 512] dequantized keys: V32 496-568 B, MODEL1 496-704 B of "
+        "spill. Ratio 1.53 = (2 x 576 + 512) / 1088 (V32), 1.50 (MODEL1): P @ V once, but QK computed by "
+        "both warpgroups: the QK dot feeds the P @ V dot, and for such chained dots Triton 3.9 puts all 8 "
+        "warps on M, which 64 rows fill only once (the second warpgroup replicates the first).",
     ),
     "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
+    "sparse_prefill": Budget(
+        128, ("wgmma",), 1.535,
+        "64-head wgmma tiles, two stages; V32 128 B, MODEL1 40 B of spill; ratio 1.53 = (2 x 576 + 512) / "
+        "1088: QK by both warpgroups (the chained-dot layout, as sparse decode).",
+    ),
+    "dense_decode.split": Budget(
+        72, ("wgmma", "mma.sync"), 1.535,
+        "64-row wgmma tiles where a KV head has >= 64 query rows (mma.sync at 16 rows, ratio 1.0 there): "
+        "24 B of spill at s_q 2, 72 B at s_q 1 (dense-long); ratio 1.53 as sparse prefill.",
+    ),
+    "dense_decode.combine": Budget(0, (), None, "no tensor-core work"),
+    "mha_prefill.fwd": Budget(0, ("wgmma",), 1.005, "128 x 64 tiles, 224 registers; ratio (192 + 128) / 320"),
+    "mha_prefill.bwd_preprocess": Budget(0, (), None, "no tensor-core work: rowsum(dout * out)"),
+    "mha_prefill.bwd_dkdv": Budget(
+        0, ("mma.sync",), 0.805,
+        "64 x 32 tiles: the 32 keys owned by a program are below wgmma's M of 64, so mma.sync (177 "
+        "registers). Ratio against the backward's 2.5x forward count: S, dP, dV, dK = 640 / 800.",
+    ),
+    "mha_prefill.bwd_dq": Budget(
+        48, ("wgmma",), 0.645,
+        "128 query rows, 255 registers with dq0/dq1 f32 accumulators and the recomputed P/dS: 48 B of "
+        "spill; ratio: S, dP, dQ = 512 / 800 of the backward count. The backward's op ratio is dkdv + dq = 1.44.",
+    ),
+}
+
+
+# With P and dS as hi + lo bf16 terms (MLAVERIFY_P_SPLIT=1) the launch-config functions keep the
+# smaller tiles that fit twice the P @ V operands; checked by the same test in that mode.
+SM90_BUDGETS_HI_LO = {
+    **SM90_BUDGETS,
+    "sparse_decode.split": Budget(
+        816, ("wgmma",), 2.005,
+        "BLOCK_N 32 (64 would need ~240 KB of shared memory, over sm_90's 232,448 B); MODEL1 spills "
+        "664-808 B, V32 480-576 B. Ratio 2: QK by both warpgroups and P @ V twice (p_hi + p_lo).",
+    ),
     "sparse_prefill": Budget(
         0, ("mma.sync",), 2.005,
         "mma.sync, not wgmma: 32-head tiles are below wgmma's 64-row M (64 heads spill ~4 KB with "
@@ -40,39 +79,13 @@ SM90_BUDGETS = {
         "mma.sync at 32 (or 16) query rows per program, as sparse prefill; ratio 1.47 at 16 rows x 4 "
         "warps (P @ V twice), 2.0 at 32 rows x 8 warps (QK duplicated across warps as well).",
     ),
-    "dense_decode.combine": Budget(0, (), None, "no tensor-core work"),
     "mha_prefill.fwd": Budget(0, ("wgmma",), 1.405, "ratio (192 + 2 x 128) / 320: P @ V twice (hi + lo)"),
-    "mha_prefill.bwd_preprocess": Budget(0, (), None, "no tensor-core work: rowsum(dout * out)"),
     "mha_prefill.bwd_dkdv": Budget(
         32, ("mma.sync",), 1.205,
-        "64 x 32 tiles: the 32 keys owned by a program are below wgmma's M of 64, so mma.sync. Ratio "
-        "against the backward's 2.5x forward count: S, dP, dV (hi + lo), dK (hi + lo) = 960 / 800.",
+        "64 x 32 tiles, mma.sync as in the default build; S, dP, dV (hi + lo), dK (hi + lo) = 960 / 800.",
     ),
     "mha_prefill.bwd_dq": Budget(
         56, ("wgmma",), 0.885,
-        "128 query rows, 255 registers with dq0/dq1 f32 accumulators and the recomputed P/dS; ratio: S, dP, "
-        "dQ (hi + lo) = 704 / 800 of the backward count. The backward's op ratio is dkdv + dq = 2.08.",
-    ),
-}
-
-
-# With one bf16 rounding of P (MLAVERIFY_P_SPLIT=0) the launch-config functions pick bigger tiles; the
-# kernels whose numbers change, checked by the same test in that mode.
-SM90_BUDGETS_ONE_ROUNDING = {
-    **SM90_BUDGETS,
-    "sparse_decode.split": Budget(
-        704, ("wgmma",), 1.505 + 0.03,
-        "BLOCK_N 64 (181,504 B of shared memory); V32 600 B, MODEL1 704 B of spill. Ratio 1.53 (V32) / "
-        "1.50 (MODEL1): P @ V once, QK still computed by both warpgroups (Triton 3.9 splits the wgmma "
-        "tile of the QK dot by N across warpgroups only when N >= 64 per warpgroup).",
-    ),
-    "sparse_prefill": Budget(
-        128, ("wgmma",), 1.535,
-        "64-head wgmma tiles, two stages; ratio 1.53 = (2 x 576 + 512) / 1088: QK by both warpgroups.",
-    ),
-    "dense_decode.split": Budget(
-        72, ("wgmma", "mma.sync"), 1.535,
-        "64-row wgmma tiles where a KV head has >= 64 query rows (mma.sync at 16 rows): 24 B of spill at "
-        "s_q 2, 72 B at s_q 1 (dense-long); ratio 1.53 as sparse prefill, 1.0 at 16 rows.",
+        "128 query rows, 255 registers; S, dP, dQ (hi + lo) = 704 / 800 of the backward count.",
     ),
 }

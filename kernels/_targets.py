@@ -23,6 +23,9 @@ class GpuTarget:
     smem_per_sm: int  # bytes per SM
     max_warps_per_sm: int
     max_blocks_per_sm: int
+    tensor_tflops: float = 0.0  # dense bf16 tensor-core peak of that product (datasheet, no sparsity)
+    hbm_tb_s: float = 0.0  # DRAM bandwidth of that product (datasheet), 10^12 bytes/s
+    clock_ghz: float = 0.0  # boost clock of that product (datasheet)
     regs_per_sm: int = 65536  # 32-bit registers per SM (all capabilities here)
     smem_reserved_per_block: int = 1 * KB  # the runtime keeps 1 KB per resident block (8.0 and later)
 
@@ -40,11 +43,13 @@ class GpuTarget:
 TARGETS = {
     t.name: t
     for t in (
-        GpuTarget("sm_80", 80, "A100 SXM", 108, 163 * KB, 164 * KB, 64, 32),
-        GpuTarget("sm_86", 86, "RTX A6000", 84, 99 * KB, 100 * KB, 48, 16),
-        GpuTarget("sm_89", 89, "L40S", 142, 99 * KB, 100 * KB, 48, 24),
-        GpuTarget("sm_90", 90, "H200 SXM", 132, 227 * KB, 228 * KB, 64, 32),
-        GpuTarget("sm_100", 100, "B200", 148, 227 * KB, 228 * KB, 64, 32),
+        # peaks: NVIDIA's datasheets of each product (dense bf16 tensor TFLOPS, TB/s, boost GHz); only
+        # mlaverify.kernels.inspect's estimates use them
+        GpuTarget("sm_80", 80, "A100 SXM", 108, 163 * KB, 164 * KB, 64, 32, 312.0, 2.04, 1.41),
+        GpuTarget("sm_86", 86, "RTX A6000", 84, 99 * KB, 100 * KB, 48, 16, 154.8, 0.768, 1.80),
+        GpuTarget("sm_89", 89, "L40S", 142, 99 * KB, 100 * KB, 48, 24, 362.0, 0.864, 2.52),
+        GpuTarget("sm_90", 90, "H200 SXM", 132, 227 * KB, 228 * KB, 64, 32, 989.0, 4.8, 1.98),
+        GpuTarget("sm_100", 100, "B200", 148, 227 * KB, 228 * KB, 64, 32, 2250.0, 8.0, 1.965),
     )
 }
 

@@ -210,11 +210,12 @@ COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 2, 16, smem_sm90=75776)
 ONE_ROUNDING_TILES = DenseDecodeTiles(64, 32, 8, 2, 16, smem_sm90=147456)
 
 
-def launch_tiles(rows: int, target: GpuTarget, split_p: bool = True) -> DenseDecodeTiles:
+def launch_tiles(rows: int, target: GpuTarget, split_p: bool | None = None) -> DenseDecodeTiles:
     """Tiles for this many query rows per KV head on `target`; ValueError when none fits its shared memory.
 
-    ``split_p``: P enters P @ V as hi + lo (the default of mlaverify.kernels._options).
+    ``split_p``: P enters P @ V as hi + lo (None: from MLAVERIFY_P_SPLIT, mlaverify.kernels._options).
     """
+    split_p = p_split() if split_p is None else split_p
     if target is INTERPRETER:
         # the interpreter pays per operation, not per element: few large programs are fastest
         return DenseDecodeTiles(max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 1, 64, 0)

@@ -9,7 +9,9 @@ with Triton's bundled ptxas. Printed per kernel launch: grid, programs, resident
 and waves on the target's SM count, warps/stages, registers, local (spill) bytes per thread,
 shared memory against the target's per-block limit, the MMA kind and count per iteration of
 the main loop (the innermost loop issuing the most tensor-core FLOPs), and the ratio of
-tensor-core FLOPs issued to the FLOPs the spec counts for that iteration.
+tensor-core FLOPs issued to the FLOPs the spec counts for that iteration. Then, per case, a
+roofline estimate of its time, TFLOPS and GB/s on the target and what binds it (``_estimate``),
+beside issue 3's H200 targets where it sets one.
 
 Compiling runs in a child process with ``TRITON_INTERPRET=0`` when this process runs the
 kernels in Triton's interpreter (no CUDA); identical compilations are done once per run, and
@@ -56,7 +58,16 @@ def _row(case, launch, target, res, counted) -> dict:
         "counted_flops": counted,
         "tensor_work_ratio": (main.flops / counted) if (main is not None and main.flops and counted) else None,
         "constexprs": {k: v for k, v in launch.constexprs.items() if k.startswith("BLOCK") or k in ("SPLIT_P", "P_SPLIT")},
+        "partial_bytes": _partial_bytes(launch),
     }
+
+
+def _partial_bytes(launch) -> int:
+    """Bytes of the launch's float32 tensors of 3 or more dims: split partials, float32 accumulators."""
+    import torch
+
+    return sum(a.numel() * 4 for a in launch.args
+               if isinstance(a, torch.Tensor) and a.dtype == torch.float32 and a.dim() >= 3)
 
 
 def collect_in_process(target_name: str, presets=None, full: bool = True) -> dict:
@@ -64,11 +75,13 @@ def collect_in_process(target_name: str, presets=None, full: bool = True) -> dic
     if _runtime.INTERPRETED:
         raise RuntimeError("collect_in_process: the kernels run interpreted in this process; use collect()")
     from ._inspect_cases import counted_flops_per_iteration, select
+    from ._estimate import estimate_cases
     from ._inspect_compile import compile_launch
 
     target = get_target(target_name)
     rows = []
-    for case in select(presets, full):
+    cases = select(presets, full)
+    for case in cases:
         try:
             launches = case.build(target)
         except ValueError as exc:  # the wrapper refuses this target before launch: say so in the report
@@ -78,7 +91,8 @@ def collect_in_process(target_name: str, presets=None, full: bool = True) -> dic
         for launch in launches:
             res = compile_launch(launch, target)
             rows.append(_row(case, launch, target, res, counted_flops_per_iteration(launch, case)))
-    return {"target": dataclasses.asdict(target), "rows": rows}
+    estimates = estimate_cases(rows, {c.name: c.work for c in cases}, target)
+    return {"target": dataclasses.asdict(target), "rows": rows, "estimates": estimates}
 
 
 def collect(target_name: str = "sm_90", presets=None, full: bool = True, env: dict | None = None) -> dict:
@@ -134,6 +148,10 @@ def format_table(report: dict) -> str:
             f"{_fmt(main and main['barriers'])} | {_fmt(main and main['async_copies'])} | "
             f"{_fmt(r['tensor_work_ratio'], '.2f')} |"
         )
+    if report.get("estimates"):
+        from ._estimate import format_estimates
+
+        lines += ["", format_estimates(report["estimates"], t)]
     return "\n".join(lines)
 
 

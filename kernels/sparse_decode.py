@@ -224,10 +224,10 @@ class LaunchConfig:
     num_splits: int  # programs per (query row, head tile); 1: the split kernel writes the output
     num_warps: int  # compiled mode only
     num_stages: int  # compiled mode only
-    # P @ V as two bf16 dots (p = p_hi + p_lo): one bf16 rounding of P costs up to 2^-9 relative per
-    # weight, which breaks the 1e-3 / 2-ulp out tolerance for short lists of unit-scale values.
-    # choose_config takes it from MLAVERIFY_P_SPLIT (mlaverify.kernels._options, default hi + lo).
-    split_p: bool = True
+    # P @ V as two bf16 dots (p = p_hi + p_lo, ~2^-17) instead of one bf16 rounding of P (2^-9 per
+    # weight, as FlashMLA): choose_config takes it from MLAVERIFY_P_SPLIT (mlaverify.kernels._options,
+    # default one rounding).
+    split_p: bool = False
 
 
 MAX_SPLITS = 64  # the combine kernel reads all partial lse of a row at once

@@ -209,11 +209,12 @@ ONE_ROUNDING_TILES = (SparsePrefillTiles(64, 32, 8, 2, smem_sm90=147584),)
 INTERPRETER_BLOCK_K = 64
 
 
-def launch_tiles(h_q: int, target: GpuTarget, split_p: bool = True) -> SparsePrefillTiles:
+def launch_tiles(h_q: int, target: GpuTarget, split_p: bool | None = None) -> SparsePrefillTiles:
     """The tiles of a launch with h_q heads on `target`; ValueError when no candidate fits its shared memory.
 
-    ``split_p``: P enters P @ V as hi + lo (the default of mlaverify.kernels._options).
+    ``split_p``: P enters P @ V as hi + lo (None: from MLAVERIFY_P_SPLIT, mlaverify.kernels._options).
     """
+    split_p = p_split() if split_p is None else split_p
     if target is INTERPRETER:
         return SparsePrefillTiles(max(16, min(64, triton.next_power_of_2(h_q))), INTERPRETER_BLOCK_K, 4, 1, 0)
     candidates = COMPILED_TILES if split_p else ONE_ROUNDING_TILES + COMPILED_TILES

@@ -1,4 +1,4 @@
-"""MLAVERIFY_P_SPLIT: a compile-time option of the kernels; the default (hi + lo) is unchanged."""
+"""MLAVERIFY_P_SPLIT: a compile-time option of the kernels; the default is one bf16 rounding of P, hi + lo on request."""
 
 from __future__ import annotations
 
@@ -22,18 +22,21 @@ def _split_switches(target) -> dict:
     return found
 
 
-def test_default_keeps_hi_plus_lo_everywhere(monkeypatch):
+def test_default_is_one_rounding_everywhere(monkeypatch):
     monkeypatch.delenv(_options.P_SPLIT_ENV, raising=False)
     switches = _split_switches(TARGETS["sm_90"])
     assert set(switches) == {"sparse_decode.split", "sparse_prefill", "dense_decode.split", "mha_prefill.fwd",
                              "mha_prefill.bwd_dkdv", "mha_prefill.bwd_dq"}
-    assert all(switches.values())
-    assert sparse_decode.choose_config(2, 2, 16, 64, INTERPRETER).split_p is True
+    assert not any(switches.values())
+    assert sparse_decode.choose_config(2, 2, 16, 64, INTERPRETER).split_p is False
+    assert _split_switches(INTERPRETER) == switches  # the interpreter runs the same numerics
 
 
-def test_switch_off_gives_one_rounding_and_bad_values_are_refused(monkeypatch):
-    monkeypatch.setenv(_options.P_SPLIT_ENV, "0")
-    assert not any(_split_switches(TARGETS["sm_90"]).values())
+def test_switch_on_gives_hi_plus_lo_and_bad_values_are_refused(monkeypatch):
+    monkeypatch.setenv(_options.P_SPLIT_ENV, "1")
+    switches = _split_switches(TARGETS["sm_90"])
+    assert switches and all(switches.values())
+    assert sparse_decode.choose_config(2, 2, 16, 64, INTERPRETER, split_p=None).split_p is True
     monkeypatch.setenv(_options.P_SPLIT_ENV, "yes")
     with pytest.raises(ValueError, match="MLAVERIFY_P_SPLIT: expected '0' .* got 'yes'"):
         _options.p_split()
