@@ -30,12 +30,14 @@ from mlaverify.reference.validation import check_dense_decode_inputs, check_soft
 
 from ._checks import resolve_check_inputs
 from ._options import p_split
+from ._splits import slots, whole_wave_splits
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
 D_ROPE = 64  # the second piece of K when d == 576
-MIN_SPLIT_TOKENS = 256  # shorter splits cost more in partial traffic than they gain in occupancy
+MIN_SPLIT_TOKENS = 256  # interpreter: shorter splits cost more in partial traffic than they gain in occupancy
+MAX_SPLITS_COMPILED = 64  # compiled: caps the float32 partials (b x splits x h_kv x rows x 512 x 4 bytes)
 
 
 @triton.jit
@@ -177,14 +179,22 @@ def _dense_decode_combine_kernel(
     tl.store(lse_ptr + (seq * h_q + heads) * s_q + j, lse, mask=head_ok)
 
 
-def _split_tokens(b: int, h_kv: int, row_tiles: int, max_len: int, block_n: int, parallelism: int) -> int:
+def _split_tokens(b: int, h_kv: int, row_tiles: int, max_len: int, tiles: "DenseDecodeTiles",
+                  target: GpuTarget) -> int:
     """Tokens per split, from shapes only (so results never depend on batch mates' lengths).
 
-    Aims at about two programs per SM for the longest possible sequence, never below
-    MIN_SPLIT_TOKENS (nor BLOCK_N) tokens per split.
+    Compiled: the split count whose whole waves finish first for the longest possible sequence
+    (`_splits.whole_wave_splits`, at most MAX_SPLITS_COMPILED). Interpreter: about two programs per
+    slot, never below MIN_SPLIT_TOKENS (nor BLOCK_N) tokens per split.
     """
+    block_n = tiles.block_n
     programs = max(1, b * h_kv * row_tiles)
-    n_split = max(1, min(triton.cdiv(2 * parallelism, programs), triton.cdiv(max(max_len, 1), MIN_SPLIT_TOKENS)))
+    if target is INTERPRETER:
+        n_split = max(1, min(triton.cdiv(2 * target.sm_count, programs),
+                             triton.cdiv(max(max_len, 1), MIN_SPLIT_TOKENS)))
+    else:
+        n_split = whole_wave_splits(programs, (max(max_len, 1),), block_n,
+                                    slots(target, tiles.num_warps, tiles.smem_sm90), MAX_SPLITS_COMPILED)
     per_split = triton.cdiv(max(max_len, 1), n_split)
     return triton.cdiv(per_split, block_n) * block_n
 
@@ -249,7 +259,7 @@ def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, cau
     row_tiles = triton.cdiv(rows, t.block_m)
     max_len = block_table.shape[1] * page_block_size  # validation: every length is at most this
     if split_tokens is None:
-        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, t.block_n, target.sm_count)
+        split_tokens = _split_tokens(b, h_kv, row_tiles, max_len, t, target)
     elif split_tokens < 1 or split_tokens % t.block_n:
         raise ValueError(f"split_tokens: expected a positive multiple of BLOCK_N={t.block_n}, got {split_tokens}")
     n_split = triton.cdiv(max(max_len, 1), split_tokens)

@@ -6,10 +6,10 @@ directions; dk/dv are summed over the query heads of a group without atomics, so
 runs are bit-identical. Input checks are the ones of ``mlaverify.reference.mha_prefill``.
 Keyword-only extension: ``window_size=(left, right)`` (sliding window, as in ``flash_attn``).
 
-Precision: the second operand of every P @ V, dS^T @ Q and dS @ K product is 16-bit, but P and dS
-enter as two 16-bit terms (hi + lo), and the backward's ``delta = rowsum(dout * out)`` uses the
-unrounded out (the forward stores out's rounding residual when a gradient is needed). With one
-16-bit copy, short rows miss the spec's elementwise bound against the float32 reference.
+Precision: every operand of the P @ V, dS^T @ Q and dS @ K products is 16-bit; P and dS are
+rounded to 16 bits once, as FlashMLA does (``MLAVERIFY_P_SPLIT=1``: as two 16-bit terms hi + lo,
+see ``_options``). The backward's ``delta = rowsum(dout * out)`` uses the unrounded out (the
+forward stores out's rounding residual when a gradient is needed).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from mlaverify.reference.validation import SparseDecodeShapes, check_softmax_sca
 from ._checks import resolve_check_inputs
 from ._options import p_split
 from ._launch import KernelLaunch, run_all
+from ._splits import slots, whole_wave_splits
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 from ._sparse_decode_fp8 import bf16_operand, load_model1_keys, load_v32_keys, round_to_bf16, store_bf16
@@ -235,12 +236,16 @@ MIN_STEPS_PER_SPLIT = 4  # a split shorter than this many BLOCK_N steps costs mo
 
 
 def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget, num_splits=None,
-                  split_p: bool | None = None) -> LaunchConfig:
-    """Heads per program up to 64, and enough splits to give the device ~2 waves of programs.
+                  split_p: bool | None = None, list_lengths: tuple[int, ...] | None = None) -> LaunchConfig:
+    """Heads per program up to 64, and the split count.
 
-    The choice depends on (b, s_q, h_q, topk + extra_topk) and the target only, so a sequence's
-    result never depends on what its batch mates contain. ValueError when the tiles do not fit
-    the target's shared memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
+    Splits: on a compiled target, the count whose whole waves finish first (`_splits`: programs x
+    splits against SMs x resident blocks, each program's steps over the main and extra lists,
+    ``list_lengths``, default ``(total_topk,)``); in the interpreter, enough splits for ~2 rounds of
+    its 4 slots, each at least MIN_STEPS_PER_SPLIT steps (CPU cases exercise the combine). The choice
+    depends on (b, s_q, h_q, the list lengths) and the target only, so a sequence's result never
+    depends on what its batch mates contain. ValueError when the tiles do not fit the target's shared
+    memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
     block_n = 32  # sm_90 build at BLOCK_H 64: 164 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
@@ -262,13 +267,17 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     if not split_p and target is not INTERPRETER and block_h == 64 and one_rounding_fits:
         block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
     programs = b * s_q * math.ceil(h_q / block_h)
-    if num_splits is None:
+    num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
+    if num_splits is None and target is INTERPRETER:
         want = math.ceil(2 * target.sm_count / programs)
         useful = math.ceil(total_topk / (MIN_STEPS_PER_SPLIT * block_n))
         num_splits = max(1, min(want, useful, MAX_SPLITS))
+    elif num_splits is None:
+        smem = SMEM_SM90_ONE_ROUNDING_BN64 if block_n == 64 else SMEM_SM90[block_h]
+        num_splits = whole_wave_splits(max(programs, 1), list_lengths or (total_topk,), block_n,
+                                       slots(target, num_warps, smem), MAX_SPLITS)
     elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
-    num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
     return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2, split_p=split_p)
 
 
@@ -344,7 +353,8 @@ def sparse_decode_plan(
     b, s_q, h_q, d_qk = q.shape
     scale = d_qk**-0.5 if softmax_scale is None else float(softmax_scale)
     has_extra = extra_k_cache is not None
-    cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, target, num_splits)
+    cfg = choose_config(b, s_q, h_q, shapes.topk + shapes.extra_topk, target, num_splits,
+                        list_lengths=(shapes.topk, shapes.extra_topk))
     final = cfg.num_splits == 1
 
     out = torch.empty(b, s_q, h_q, HEAD_DIM_V, dtype=torch.bfloat16, device=device)

@@ -61,11 +61,11 @@ def _round(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _dot_pv(p, v, UPCAST: tl.constexpr, P_SPLIT: tl.constexpr):
-    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32; P_SPLIT: p carried as two 16-bit terms.
+    """p [M, N] float32 times v [N, D] (bf16/fp16) in float32.
 
-    One 16-bit copy of p would cost up to 2^-9 relative per weight, more than the spec's
-    output tolerance allows next to an unrounded reference; p_hi + p_lo carries ~2^-17.
-    Without P_SPLIT (mlaverify.kernels._options) p is rounded once, as FlashMLA does.
+    p is rounded to 16 bits once, as FlashMLA does (up to 2^-9 relative per weight: within the
+    calibrated budget); with P_SPLIT (MLAVERIFY_P_SPLIT=1, mlaverify.kernels._options) it is
+    carried as two 16-bit terms p_hi + p_lo (~2^-17), at twice the tensor-core work.
     """
     p_hi = _round(p, v.dtype, UPCAST)
     res = _dot(p_hi, v, UPCAST)
