@@ -24,10 +24,11 @@ class Budget:
 # printed rounding, never to admit more work).
 SM90_BUDGETS = {
     "sparse_decode.split": Budget(
-        816, ("wgmma",), 2.005,
+        224, ("wgmma",), 1.505,
         "255 registers: the [64, 512] f32 accumulator plus the [32, 512] dequantized keys; MODEL1 spills "
-        "664-808 B, V32 464-576 B. Ratio 2: both warpgroups compute the whole QK product (Triton splits "
-        "the 64-row wgmma tile by N only for the PV dot) and P @ V runs twice (p_hi + p_lo).",
+        "72-224 B, V32 0-72 B. Ratio 1.47 (V32) / 1.50 (MODEL1): P @ V twice (p_hi + p_lo); QK once, "
+        "the scores computed one step ahead so that the QK dot feeds no dot in its iteration (a chained dot "
+        "gets all 8 warps on M and both warpgroups computed QK: ratio 2.0, 480-808 B spill before).",
     ),
     "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
     "sparse_prefill": Budget(
@@ -61,10 +62,10 @@ SM90_BUDGETS = {
 SM90_BUDGETS_ONE_ROUNDING = {
     **SM90_BUDGETS,
     "sparse_decode.split": Budget(
-        704, ("wgmma",), 1.505 + 0.03,
-        "BLOCK_N 64 (181,504 B of shared memory); V32 600 B, MODEL1 704 B of spill. Ratio 1.53 (V32) / "
-        "1.50 (MODEL1): P @ V once, QK still computed by both warpgroups (Triton 3.9 splits the wgmma "
-        "tile of the QK dot by N across warpgroups only when N >= 64 per warpgroup).",
+        400, ("wgmma",), 1.005,
+        "BLOCK_N 64 (231,424 B of shared memory); V32 16-192 B, MODEL1 248-400 B of spill. Ratio 1.00: "
+        "P @ V once and QK once (scores one step ahead; 1.53 / 1.50 and 496-704 B spill when both "
+        "warpgroups computed QK).",
     ),
     "sparse_prefill": Budget(
         128, ("wgmma",), 1.535,
