@@ -26,12 +26,12 @@ class Budget:
 # The default build: one bf16 rounding of P and dS (MLAVERIFY_P_SPLIT unset or 0).
 SM90_BUDGETS = {
     "sparse_decode.split": Budget(
-        704, ("wgmma",), 1.535,
-        "64 heads x BLOCK_N 64 (V32 189,696 B, MODEL1 164,096 B of shared memory); 255 registers with the "
-        "[64, 512] f32 accumulator and the [64, 512] dequantized keys: V32 496-568 B, MODEL1 496-704 B of "
-        "spill. Ratio 1.53 = (2 x 576 + 512) / 1088 (V32), 1.50 (MODEL1): P @ V once, but QK computed by "
-        "both warpgroups: the QK dot feeds the P @ V dot, and for such chained dots Triton 3.9 puts all 8 "
-        "warps on M, which 64 rows fill only once (the second warpgroup replicates the first).",
+        400, ("wgmma",), 1.005,
+        "64 heads x BLOCK_N 64, two stages (V32 231,424 B, MODEL1 204,800 B of shared memory); 255 registers, "
+        "V32 16-192 B, MODEL1 248-400 B of spill. Ratio 1.00: P @ V once and QK once. The scores are computed "
+        "one step ahead (_sparse_decode_steps), so that the QK dot feeds no dot in its own iteration: for a "
+        "chained dot Triton 3.9 puts all 8 warps on M, which 64 rows fill only once, and both warpgroups "
+        "computed QK (ratio 1.53 / 1.50, 496-704 B of spill before).",
     ),
     "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
     "sparse_prefill": Budget(
@@ -65,9 +65,10 @@ SM90_BUDGETS = {
 SM90_BUDGETS_HI_LO = {
     **SM90_BUDGETS,
     "sparse_decode.split": Budget(
-        816, ("wgmma",), 2.005,
-        "BLOCK_N 32 (64 would need ~240 KB of shared memory, over sm_90's 232,448 B); MODEL1 spills "
-        "664-808 B, V32 480-576 B. Ratio 2: QK by both warpgroups and P @ V twice (p_hi + p_lo).",
+        224, ("wgmma",), 1.505,
+        "BLOCK_N 32 (64 would not fit sm_90's 232,448 B with twice the P @ V operands); 255 registers: the "
+        "[64, 512] f32 accumulator plus the [32, 512] dequantized keys; MODEL1 spills 72-224 B, V32 0-72 B. "
+        "Ratio 1.47 (V32) / 1.50 (MODEL1): QK once (scores one step ahead), P @ V twice (p_hi + p_lo).",
     ),
     "sparse_prefill": Budget(
         0, ("mma.sync",), 2.005,

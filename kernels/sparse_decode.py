@@ -6,6 +6,9 @@ It walks its share of the main list, then its share of the extra list, ``BLOCK_N
 a time: each key is dequantized from FP8 once and serves every head of the tile as the
 M dimension of ``tl.dot``. The online softmax runs in the exp2 domain (log2(e) folded into
 the scale). Masked entries load nothing, so NaN bytes in unreferenced slots never reach V.
+The loop (``_sparse_decode_steps.attend_lists``) runs both lists as one sequence of steps and
+computes the scores one step ahead of the softmax, which keeps Triton from computing the QK
+product in both warpgroups of a 64-head sm_90 tile.
 
 Splits. The number of splits comes from the problem shape only (never from data of other
 sequences); each sequence cuts its own considered lengths (``topk_length``,
@@ -35,10 +38,9 @@ from ._launch import KernelLaunch, run_all
 from ._splits import slots, whole_wave_splits
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
-from ._sparse_decode_fp8 import bf16_operand, load_model1_keys, load_v32_keys, round_to_bf16, store_bf16
+from ._sparse_decode_fp8 import bf16_operand, store_bf16
+from ._sparse_decode_steps import D_V, HEAD_DIM_V, attend_lists
 
-HEAD_DIM_V = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
-D_V = tl.constexpr(HEAD_DIM_V)
 D_ROPE = tl.constexpr(64)  # V32's second key piece
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -49,46 +51,6 @@ def _apply_sink(out, lse, empty, sink_ptr, heads, head_ok):
     sink = tl.load(sink_ptr + heads, mask=head_ok, other=float("-inf"))
     sink_gap = sink - tl.where(empty, 0.0, lse)  # empty rows: keep inf - inf out of the math
     return out * tl.where(empty, 0.0, 1.0 / (1.0 + tl.exp(sink_gap)))[:, None]
-
-
-@triton.jit
-def _attend_list(
-    acc, m_i, l_i,  # running state: [BLOCK_H, 512] f32, [BLOCK_H] row max (log2 domain), [BLOCK_H] sum
-    q_a, q_b,  # query pieces: [BLOCK_H, 512], [BLOCK_H, 64] (V32 only)
-    cache_ptr, stride_block, page_block,  # uint8 cache, bytes between page blocks, tokens per block
-    idx_ptr, stride_it,  # this row's index list and its element stride
-    start, end,  # entries [start, end) of the list
-    qk_scale_log2,  # softmax_scale * log2(e)
-    IS_MODEL1: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
-):
-    for n0 in range(start, end, BLOCK_N):
-        offs = n0 + tl.arange(0, BLOCK_N)
-        inside = offs < end
-        pos = tl.load(idx_ptr + offs * stride_it, mask=inside, other=-1)
-        valid = inside & (pos != -1)  # only -1 marks an invalid decode entry
-        pos = tl.where(valid, pos, 0)
-        if IS_MODEL1:
-            k_a = load_model1_keys(cache_ptr, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
-            s = tl.dot(q_a, tl.trans(k_a))  # [BLOCK_H, BLOCK_N]
-        else:
-            k_a, k_b = load_v32_keys(cache_ptr, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
-            s = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))  # 576 = 512 + 64
-        s = tl.where(valid[None, :], s * qk_scale_log2, float("-inf"))  # exp2 domain
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: keep exp2 finite
-        p = tl.exp2(s - m_use[:, None])  # masked entries: exp2(-inf) = 0
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p_hi = round_to_bf16(p, INTERPRET)
-        if SPLIT_P:  # p = p_hi + p_lo to ~2^-17: P @ V nearly as exact as in float32
-            p_lo = round_to_bf16(p - p_hi.to(tl.float32), INTERPRET)
-            p2 = tl.reshape(tl.join(p_hi, p_lo), [p.shape[0], 2 * BLOCK_N])  # columns hi0, lo0, hi1, lo1, ...
-            v2 = tl.reshape(tl.permute(tl.join(k_a, k_a), (0, 2, 1)), [2 * BLOCK_N, D_V])  # rows v0, v0, v1, v1, ...
-            acc = tl.dot(p2, v2, acc * alpha[:, None])
-        else:
-            acc = tl.dot(p_hi, k_a, acc * alpha[:, None])  # V = the first 512 key dims; accumulate in place
-        m_i = m_new
-    return acc, m_i, l_i
 
 
 @triton.jit
@@ -138,29 +100,25 @@ def _sparse_decode_split_kernel(
         rope = tl.arange(0, D_ROPE)
         q_b = bf16_operand(tl.load(q_row + D_V + rope[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
 
-    acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
-    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-
     length = topk
     if HAS_LEN:
         length = tl.load(len_ptr + i)
     start, end = _chunk(length, split, num_splits, BLOCK_N)
     idx_row = idx_ptr + i.to(tl.int64) * stride_ib + j.to(tl.int64) * stride_is
-    acc, m_i, l_i = _attend_list(
-        acc, m_i, l_i, q_a, q_b, cache_ptr, stride_cache, page_block, idx_row, stride_it, start, end,
-        qk_scale_log2, IS_MODEL1, SPLIT_P, BLOCK_N, INTERPRET,
-    )
+    x_start = start
+    x_end = start
+    x_row = idx_row
     if HAS_EXTRA:
         x_length = x_topk
         if HAS_X_LEN:
             x_length = tl.load(x_len_ptr + i)
         x_start, x_end = _chunk(x_length, split, num_splits, BLOCK_N)
         x_row = x_idx_ptr + i.to(tl.int64) * stride_xb + j.to(tl.int64) * stride_xs
-        acc, m_i, l_i = _attend_list(
-            acc, m_i, l_i, q_a, q_b, x_cache_ptr, stride_x_cache, x_page_block, x_row, stride_xt, x_start,
-            x_end, qk_scale_log2, IS_MODEL1, SPLIT_P, BLOCK_N, INTERPRET,
-        )
+    acc, m_i, l_i = attend_lists(
+        q_a, q_b, start, end, x_start, x_end, idx_row, stride_it, x_row, stride_xt,
+        cache_ptr, stride_cache, page_block, x_cache_ptr, stride_x_cache, x_page_block,
+        qk_scale_log2, IS_MODEL1, HAS_EXTRA, SPLIT_P, BLOCK_H, BLOCK_N, INTERPRET,
+    )
 
     empty = l_i == 0.0  # no valid entry in this split
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -248,23 +206,27 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
-    block_n = 32  # sm_90 build at BLOCK_H 64: 164 KB smem, 255 regs, ~0.6 KB spill; 64 tokens overflow smem
+    block_n = 32  # sm_90 build at BLOCK_H 64: 189 KB smem, 255 regs, <= 224 B spill; 64 tokens overflow smem
     if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
         raise ValueError(
             f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
             "later in Triton 3.9"
         )
+    num_stages = 2  # the key loads double-buffered in shared memory (cp.async)
     if target is not INTERPRETER:
         fits = [h for h, smem in SMEM_SM90.items() if h <= block_h and smem <= target.smem_per_block]
+        if not fits:  # one stage: no double buffers (sm_89's 99 KB: MODEL1 needs 116,736 B at 16 heads, 2 stages)
+            num_stages = 1
+            fits = [h for h, smem in SMEM_SM90_ONE_STAGE.items() if h <= block_h and smem <= target.smem_per_block]
         if not fits:
             raise ValueError(
                 f"sparse decode: no head tile fits {target.name}'s {target.smem_per_block} bytes of shared memory "
-                f"per block at BLOCK_N={block_n} (BLOCK_H 16 needs {SMEM_SM90[16]})"
+                f"per block at BLOCK_N={block_n} (BLOCK_H 16 needs {SMEM_SM90_ONE_STAGE[16]} with one stage)"
             )
         block_h = max(fits)  # fewer heads per program where the target has less shared memory
     split_p = p_split() if split_p is None else split_p
     one_rounding_fits = SMEM_SM90_ONE_ROUNDING_BN64 <= target.smem_per_block
-    if not split_p and target is not INTERPRETER and block_h == 64 and one_rounding_fits:
+    if not split_p and target is not INTERPRETER and block_h == 64 and num_stages == 2 and one_rounding_fits:
         block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
     programs = b * s_q * math.ceil(h_q / block_h)
     num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
@@ -273,21 +235,25 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
         useful = math.ceil(total_topk / (MIN_STEPS_PER_SPLIT * block_n))
         num_splits = max(1, min(want, useful, MAX_SPLITS))
     elif num_splits is None:
-        smem = SMEM_SM90_ONE_ROUNDING_BN64 if block_n == 64 else SMEM_SM90[block_h]
+        tiles = SMEM_SM90 if num_stages == 2 else SMEM_SM90_ONE_STAGE
+        smem = SMEM_SM90_ONE_ROUNDING_BN64 if block_n == 64 else tiles[block_h]
         num_splits = whole_wave_splits(max(programs, 1), list_lengths or (total_topk,), block_n,
                                        slots(target, num_warps, smem), MAX_SPLITS)
     elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits: expected an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
-    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages=2, split_p=split_p)
+    return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages, split_p=split_p)
 
 
-# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H (the larger of the V32 and
-# MODEL1 builds: 64 -> 164,480 / 147,584; 32 -> 62,080 / 118,912; 16 -> 41,600 / 100,480), from
-# `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
-SMEM_SM90 = {64: 164480, 32: 118912, 16: 100480}
-# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 189,696 / MODEL1 164,096 B (with hi + lo
-# it would need ~240 KB, over sm_90's 232,448 B per block).
-SMEM_SM90_ONE_ROUNDING_BN64 = 189696
+# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H, two stages (the larger of the
+# V32 and MODEL1 config4 builds: 64 -> 189,440 / 172,032; 32 -> 78,848 / 135,168; 16 -> 58,368 / 116,736),
+# from `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
+# The scores one step ahead (attend_lists) load each step's keys twice, both loads double-buffered.
+SMEM_SM90 = {64: 189440, 32: 135168, 16: 116736}
+# The same with num_stages 1 (64 -> 147,456 / 139,264; 32 -> 53,248 / 102,400; 16 -> 34,816 / 83,968).
+SMEM_SM90_ONE_STAGE = {64: 147456, 32: 102400, 16: 83968}
+# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 231,424 / MODEL1 204,800 B (with hi + lo
+# it would need more than sm_90's 232,448 B per block).
+SMEM_SM90_ONE_ROUNDING_BN64 = 231424
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
 MIN_CAPABILITY = 89
 

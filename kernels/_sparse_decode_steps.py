@@ -1,0 +1,141 @@
+"""The main loop of the sparse decode split kernel: both index lists of one split, one step ahead.
+
+One step is ``BLOCK_N`` index entries: their keys dequantized from FP8 (``_sparse_decode_fp8``),
+the scores ``q k^T`` of all heads of the tile, the online softmax (exp2 domain) and ``P @ V``.
+``attend_lists`` computes the scores of step t in iteration t and the softmax and ``P @ V`` of
+step t - 1 there, so that no dot's result flows into another dot within one iteration. Triton's
+AccelerateMatmul gives a dot whose forward slice holds another dot all warps on M (warpsPerCTA
+[8, 1]); with 64 rows and 8 warps the second warpgroup then computes the same QK product again.
+Unchained, the QK dots get [4, 2]: the two warpgroups split the scores by column.
+"""
+
+from __future__ import annotations
+
+from . import _runtime  # noqa: F401  (decides compiled/interpreted before any kernel is built)
+
+import triton
+import triton.language as tl
+
+from ._sparse_decode_fp8 import load_model1_keys, load_v32_keys, round_to_bf16
+
+HEAD_DIM_V = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
+D_V = tl.constexpr(HEAD_DIM_V)
+
+
+@triton.jit
+def _opaque(x, INTERPRET: tl.constexpr):
+    """x (float32), through an identity Triton cannot see into: keeps its combiner from folding
+    ``dot(a, b) + c`` into ``dot(a, b, c)``, which would chain the two dots again."""
+    if INTERPRET:
+        return x
+    else:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _step_entries(
+    t,  # step number: the main list's steps first, then the extra list's; nothing for t < 0 or past the end
+    main_steps, start, end, x_start, x_end,  # steps of the main list; entries [start, end), [x_start, x_end)
+    idx_ptr, stride_it, x_idx_ptr, stride_xt,  # this row's index lists and their element strides
+    cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block,  # the two caches
+    HAS_EXTRA: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """(pos, valid, cache, bytes between its page blocks, tokens per block) of the BLOCK_N entries of step t."""
+    n0 = start + t * BLOCK_N
+    stop = end
+    idx = idx_ptr
+    stride = stride_it
+    cache = cache_ptr
+    cache_stride = stride_block
+    block = page_block
+    if HAS_EXTRA:
+        extra = t >= main_steps
+        n0 = tl.where(extra, x_start + (t - main_steps) * BLOCK_N, n0)
+        stop = tl.where(extra, x_end, stop)
+        idx = tl.where(extra, x_idx_ptr, idx)
+        stride = tl.where(extra, stride_xt, stride)
+        cache = tl.where(extra, x_cache_ptr, cache)
+        cache_stride = tl.where(extra, stride_x_block, cache_stride)
+        block = tl.where(extra, x_page_block, block)
+    offs = n0 + tl.arange(0, BLOCK_N)
+    inside = (offs < stop) & (t >= 0)
+    pos = tl.load(idx + offs * stride, mask=inside, other=-1)
+    valid = inside & (pos != -1)  # only -1 marks an invalid decode entry
+    return tl.where(valid, pos, 0), valid, cache, cache_stride, block
+
+
+@triton.jit
+def _keys(cache, stride_block, page_block, pos, valid, IS_MODEL1: tl.constexpr, BLOCK_N: tl.constexpr,
+          INTERPRET: tl.constexpr):
+    """Dequantized keys of one step: [BLOCK_N, 512] (= V) and, for V32, the RoPE part [BLOCK_N, 64]."""
+    if IS_MODEL1:
+        k_a = load_model1_keys(cache, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
+        k_b = k_a  # MODEL1 has no second piece; unused
+    else:
+        k_a, k_b = load_v32_keys(cache, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
+    return k_a, k_b
+
+
+@triton.jit
+def attend_lists(
+    q_a, q_b,  # query pieces: [BLOCK_H, 512], [BLOCK_H, 64] (V32 only)
+    start, end, x_start, x_end,  # entries [start, end) of the main list, [x_start, x_end) of the extra one
+    idx_ptr, stride_it, x_idx_ptr, stride_xt,  # this row's index lists and their element strides
+    cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block,  # uint8 caches
+    qk_scale_log2,  # softmax_scale * log2(e)
+    IS_MODEL1: tl.constexpr, HAS_EXTRA: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """(acc [BLOCK_H, 512] f32, row max m (log2 domain), row sum l) over both lists' entries of this split.
+
+    Software-pipelined by one step: step t computes the scores of step t and does the softmax and
+    P @ V of step t - 1 (with the scores carried from the previous iteration and its keys dequantized
+    again). The QK dot's result then only reaches the loop's yield, so Triton's AccelerateMatmul does
+    not see a chained dot and splits its 64-row wgmma tile between the two warpgroups by N instead of
+    computing it in both (a dot whose result flows into another dot gets all warps on M).
+    Step 0's softmax sees no entry and leaves the state as initialised; the last step's scores are unused.
+    """
+    acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    main_steps = tl.cdiv(tl.maximum(end - start, 0), BLOCK_N)
+    steps = main_steps
+    if HAS_EXTRA:
+        steps += tl.cdiv(tl.maximum(x_end - x_start, 0), BLOCK_N)
+    s = tl.full([BLOCK_H, BLOCK_N], float("-inf"), dtype=tl.float32)  # scores of step -1: no entry
+    for t in range(0, steps + 1):
+        pos, valid, cache, cache_stride, block = _step_entries(
+            t, main_steps, start, end, x_start, x_end, idx_ptr, stride_it, x_idx_ptr, stride_xt,
+            cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block, HAS_EXTRA, BLOCK_N,
+        )
+        k_a, k_b = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
+        if IS_MODEL1:
+            s_next = tl.dot(q_a, tl.trans(k_a))  # [BLOCK_H, BLOCK_N]
+        else:
+            # 576 = 512 + 64 as two dots and a sum, not one accumulating into the other (a chained dot);
+            # the interpreter's dot is matmul + acc, so it is the same float32 addition either way
+            s_next = _opaque(tl.dot(q_a, tl.trans(k_a)), INTERPRET) + _opaque(tl.dot(q_b, tl.trans(k_b)), INTERPRET)
+        s_next = tl.where(valid[None, :], s_next * qk_scale_log2, float("-inf"))  # exp2 domain
+
+        # Step t - 1: its keys again (V), and the online softmax on the carried scores.
+        pos, valid, cache, cache_stride, block = _step_entries(
+            t - 1, main_steps, start, end, x_start, x_end, idx_ptr, stride_it, x_idx_ptr, stride_xt,
+            cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block, HAS_EXTRA, BLOCK_N,
+        )
+        v, _unused = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: keep exp2 finite
+        p = tl.exp2(s - m_use[:, None])  # masked entries: exp2(-inf) = 0
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p_hi = round_to_bf16(p, INTERPRET)
+        if SPLIT_P:  # p = p_hi + p_lo to ~2^-17: P @ V nearly as exact as in float32
+            p_lo = round_to_bf16(p - p_hi.to(tl.float32), INTERPRET)
+            p2 = tl.reshape(tl.join(p_hi, p_lo), [p.shape[0], 2 * BLOCK_N])  # columns hi0, lo0, hi1, lo1, ...
+            v2 = tl.reshape(tl.permute(tl.join(v, v), (0, 2, 1)), [2 * BLOCK_N, D_V])  # rows v0, v0, v1, v1, ...
+            acc = tl.dot(p2, v2, acc * alpha[:, None])
+        else:
+            acc = tl.dot(p_hi, v, acc * alpha[:, None])  # V = the first 512 key dims; accumulate in place
+        m_i = m_new
+        s = s_next
+    return acc, m_i, l_i
