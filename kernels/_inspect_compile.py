@@ -37,6 +37,7 @@ class LoopMma:
     flops: float | None  # tensor-core FLOPs issued per iteration by the whole block (None: shape unknown)
     barriers: int  # bar.sync / barrier instructions per iteration
     async_copies: int  # cp.async / cp.async.bulk (TMA) instructions per iteration
+    instructions: int = 0  # PTX instructions per iteration, per thread: the ALU work (dequant, softmax) a change adds or saves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,7 @@ _LABEL = re.compile(r"^\s*(\$L__\w+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
 _BARRIER = re.compile(r"\b(bar\.sync|barrier\.sync|bar\.arrive|barrier\.cta)")
 _ASYNC_COPY = re.compile(r"\bcp\.async(?!\.wait|\.commit|\.mbarrier)")
+_INSTRUCTION = re.compile(r"^\s*(@!?%\w+\s+)?[a-z][\w.]*[\s;]")  # an opcode line (not a label, directive or brace)
 
 
 def _kinds(ptx: str) -> set:
@@ -165,5 +167,6 @@ def innermost_loops(ptx: str, num_warps: int) -> list[LoopMma]:
             "+".join(kinds), sum(counts.values()), counts, flops,
             sum(1 for line in body if _BARRIER.search(line)),
             sum(1 for line in body if _ASYNC_COPY.search(line)),
+            sum(1 for line in body if _INSTRUCTION.match(line)),
         ))
     return result

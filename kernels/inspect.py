@@ -53,6 +53,7 @@ def _row(case, launch, target, res, counted) -> dict:
         "main_loop": None if main is None else {
             "kind": main.kind, "mma_per_iteration": main.count, "shapes": main.shapes,
             "issued_flops": main.flops, "barriers": main.barriers, "async_copies": main.async_copies,
+            "instructions": main.instructions,
         },
         "loops_with_mma": len(res.loops),
         "counted_flops": counted,
@@ -131,8 +132,8 @@ def format_table(report: dict) -> str:
     t = report["target"]
     lines = [f"target {t['name']} ({t['product']}: {t['sm_count']} SMs, {t['smem_per_block']} B shared per block)",
              "| case | kernel | grid (programs) | blocks/SM, waves | warps/stages | regs | spill B | smem B | "
-             "main-loop MMA per iter | bar | cp.async | issued/counted |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "main-loop MMA per iter | bar | cp.async | PTX instr | issued/counted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if "unsupported" in r:
             lines.append(f"| {r['case']} | {r['kernel']} | not supported on this target: {r['unsupported']} |")
@@ -146,6 +147,7 @@ def format_table(report: dict) -> str:
             f"{r['blocks_per_sm']}, {_fmt(r['waves'], '.2f')} | {r['num_warps']}/{r['num_stages']} | "
             f"{r['registers']} | {r['spill_bytes']} | {smem} | {mma} | "
             f"{_fmt(main and main['barriers'])} | {_fmt(main and main['async_copies'])} | "
+            f"{_fmt(main and main.get('instructions'))} | "
             f"{_fmt(r['tensor_work_ratio'], '.2f')} |"
         )
     if report.get("estimates"):
