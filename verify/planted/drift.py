@@ -1,7 +1,7 @@
 """A regression that stays within tolerance: the gate must catch it, a plain check must not.
 
 ``within_tolerance_drift`` is the reference except that, in sparse prefill's ``out``, the elements
-whose bit pattern is a multiple of 31 (a value-based choice, so repeated runs agree) are moved two
+whose bit pattern is a multiple of 61 (a value-based choice, so repeated runs agree) are moved two
 bfloat16 ulps away from zero, the way a changed accumulation order or a sloppier exp2 can worsen
 the worst element without breaking the 3.01/128 relative tolerance. Every case still passes (the
 cosine difference stays below its bound, too); the gate fails it because the max ulp error grew
@@ -15,7 +15,8 @@ import torch
 
 from ._base import PlantedBug, sparse_fwd_wrapper
 
-EVERY = 31  # elements whose bf16 bit pattern is a multiple of EVERY move (about 1 in 31)
+EVERY = 61  # elements whose bf16 bit pattern is a multiple of EVERY move (about 1 in 61: the cosine difference
+# stays below its bound on production-distribution cases too, e.g. outlier channels, where 1 in 31 reached 1.08x)
 ULPS = 2.0  # by this many bf16 ulps: with the 0.5 ulp of rounding, < 3.01/128 relative
 
 
