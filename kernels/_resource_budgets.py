@@ -35,14 +35,15 @@ SM90_BUDGETS = {
     ),
     "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
     "sparse_prefill": Budget(
-        128, ("wgmma",), 1.535,
-        "64-head wgmma tiles, two stages; V32 128 B, MODEL1 40 B of spill; ratio 1.53 = (2 x 576 + 512) / "
-        "1088: QK by both warpgroups (the chained-dot layout, as sparse decode).",
+        0, ("wgmma",), 1.005,
+        "64-head wgmma tiles, two stages (V32 217,088 B, MODEL1 200,704 B of shared memory); 249-255 registers, "
+        "0 B of spill. Ratio 1.00: QK once, scores one step ahead (kernels/_unchained_qk.py; before: 1.53 = "
+        "(2 x 576 + 512) / 1088, QK by both warpgroups as in sparse decode, and 128 / 40 B of spill).",
     ),
     "dense_decode.split": Budget(
-        72, ("wgmma", "mma.sync"), 1.535,
-        "64-row wgmma tiles where a KV head has >= 64 query rows (mma.sync at 16 rows, ratio 1.0 there): "
-        "24 B of spill at s_q 2, 72 B at s_q 1 (dense-long); ratio 1.53 as sparse prefill.",
+        24, ("wgmma", "mma.sync"), 1.005,
+        "64-row wgmma tiles where a KV head has >= 64 query rows (mma.sync at 16 rows, ratio 1.00 there too): "
+        "24 B of spill (0 B causal). Ratio 1.00: QK once, scores one step ahead as sparse prefill (before: 1.53).",
     ),
     "dense_decode.combine": Budget(0, (), None, "no tensor-core work"),
     "mha_prefill.fwd": Budget(0, ("wgmma",), 1.005, "128 x 64 tiles, 224 registers; ratio (192 + 128) / 320"),

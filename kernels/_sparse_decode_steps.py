@@ -17,19 +17,10 @@ import triton
 import triton.language as tl
 
 from ._sparse_decode_fp8 import load_model1_keys, load_v32_keys, round_to_bf16
+from ._unchained_qk import qk_scores
 
 HEAD_DIM_V = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
 D_V = tl.constexpr(HEAD_DIM_V)
-
-
-@triton.jit
-def _opaque(x, INTERPRET: tl.constexpr):
-    """x (float32), through an identity Triton cannot see into: keeps its combiner from folding
-    ``dot(a, b) + c`` into ``dot(a, b, c)``, which would chain the two dots again."""
-    if INTERPRET:
-        return x
-    else:
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -109,12 +100,8 @@ def attend_lists(
             cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block, HAS_EXTRA, BLOCK_N,
         )
         k_a, k_b = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
-        if IS_MODEL1:
-            s_next = tl.dot(q_a, tl.trans(k_a))  # [BLOCK_H, BLOCK_N]
-        else:
-            # 576 = 512 + 64 as two dots and a sum, not one accumulating into the other (a chained dot);
-            # the interpreter's dot is matmul + acc, so it is the same float32 addition either way
-            s_next = _opaque(tl.dot(q_a, tl.trans(k_a)), INTERPRET) + _opaque(tl.dot(q_b, tl.trans(k_b)), INTERPRET)
+        # 576 = 512 + 64 as two dots summed through an opaque identity (_unchained_qk: no chained dot)
+        s_next = qk_scores(q_a, q_b, k_a, k_b, not IS_MODEL1, True, INTERPRET)  # [BLOCK_H, BLOCK_N]
         s_next = tl.where(valid[None, :], s_next * qk_scale_log2, float("-inf"))  # exp2 domain
 
         # Step t - 1: its keys again (V), and the online softmax on the carried scores.

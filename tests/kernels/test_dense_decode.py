@@ -196,3 +196,22 @@ def test_production_shape_on_gpu(causal: bool):
     q, k, table, lens = (x.cuda() for x in (q, k, table, lens))
     got = dense_decode(q, k, table, lens, 512, None, causal)
     assert_matches(got, *_with_q(reference_and_emulation(q, k, table, lens, causal=causal), q))
+
+
+@pytest.mark.parametrize("p_split", ["0", "1"])
+def test_scores_one_step_ahead_change_no_bit(p_split, monkeypatch):
+    """QK_AHEAD (the 64-row sm_90 tiles' loop) and the plain loop (every other compiled tile) agree bit for bit."""
+    from mlaverify.kernels._launch import run_all
+    from mlaverify.kernels._targets import INTERPRETER
+    from mlaverify.kernels.dense_decode import dense_decode_plan
+
+    monkeypatch.setenv("MLAVERIFY_P_SPLIT", p_split)
+    case = Case((300, 150), 2, 8, 2, 576, 16, causal=True)
+    q, k, table, lens = make_inputs(case, seed=23)
+    results = []
+    for ahead in (0, 1):
+        (split, combine), outputs = dense_decode_plan(q, k, table, lens, None, True, INTERPRETER, split_tokens=128)
+        assert split.constexprs["QK_AHEAD"] == 1  # the interpreter's own choice
+        run_all([dataclasses.replace(split, constexprs={**split.constexprs, "QK_AHEAD": ahead}), combine])
+        results.append(outputs)
+    assert all(bits_equal(a, b) for a, b in zip(*results))

@@ -192,3 +192,22 @@ def test_s_q_beyond_one_grid_axis_on_gpu(d_qk: int):
     got = flash_mla_sparse_fwd(q, kv, idx, d_qk**-0.5)
     ref, emu = reference_and_emulation(q, kv, idx, d_qk**-0.5)
     assert_matches(got, ref, s_q, h_q, emu)
+
+
+@pytest.mark.parametrize("p_split", ["0", "1"])
+def test_scores_one_step_ahead_change_no_bit(p_split, monkeypatch):
+    """QK_AHEAD (the 64-head sm_90 tiles' loop) and the plain loop (every other compiled tile) agree bit for bit."""
+    from mlaverify.kernels._launch import run_all
+    from mlaverify.kernels._targets import INTERPRETER
+    from mlaverify.kernels.sparse_prefill import sparse_prefill_plan
+
+    monkeypatch.setenv("MLAVERIFY_P_SPLIT", p_split)
+    case = Case(3, 16, 576, 300, 200, sink="finite", topk_length=True)
+    q, kv, idx, sink, lengths = make_inputs(case, seed=17)
+    results = []
+    for ahead in (0, 1):
+        launches, outputs = sparse_prefill_plan(q, kv, idx, 0.05, sink, lengths, INTERPRETER)
+        assert launches[0].constexprs["QK_AHEAD"] == 1  # the interpreter's own choice
+        run_all([dataclasses.replace(launches[0], constexprs={**launches[0].constexprs, "QK_AHEAD": ahead})])
+        results.append(outputs)
+    assert all(bits_equal(a, b) for a, b in zip(*results))
