@@ -87,65 +87,74 @@ def _block_base(pos, stride_block, page_block):
     return block.to(tl.int64) * stride_block, offset.to(tl.int64)
 
 
+# The loaders below dequantize one 128-dim chunk of a step's keys at a time (V32: one scale tile; MODEL1:
+# two 64-dim tiles, the last chunk tile 6 + RoPE), so that the sm_90 build keeps one chunk's bytes and
+# float32 temporaries in registers beside the [64, 512] float32 accumulator instead of a whole
+# [BLOCK_N, 512] tile (255 registers and 16-400 B of spill before).
+CHUNK = tl.constexpr(128)
+NUM_CHUNKS = tl.constexpr(4)
+
+
 @triton.jit
-def load_v32_keys(
-    cache_ptr,  # uint8 base of the [num_blocks, B, 1, 656] cache
-    pos,  # [BLOCK_N] int32 cache positions (0 where invalid)
-    valid,  # [BLOCK_N] bool
-    stride_block,  # bytes between page blocks (tensor.stride(0))
-    page_block,  # B, tokens per page block
-    BLOCK_N: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    """Dequantized keys of a V32 tile: NoPE [BLOCK_N, 512] (= V) and RoPE [BLOCK_N, 64]."""
+def v32_tokens(cache_ptr, pos, stride_block, page_block):
+    """[BLOCK_N] pointers to the 656-byte V32 token records of `pos` (a [num_blocks, B, 1, 656] cache)."""
     block_base, offset = _block_base(pos, stride_block, page_block)
-    token = cache_ptr + block_base + offset * V32_TOKEN_BYTES  # [BLOCK_N] pointers to records
-    tiles = tl.arange(0, V32_NUM_TILES)
+    return cache_ptr + block_base + offset * V32_TOKEN_BYTES
+
+
+@triton.jit
+def v32_chunk(token, valid, C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Dequantized NoPE dims [128 C, 128 C + 128) of a V32 tile: [BLOCK_N, 128] (scale tile C)."""
     cols = tl.arange(0, V32_TILE)
-    # fp8 bytes viewed as [BLOCK_N, 4 tiles, 128]
-    nope_ptrs = token[:, None, None] + (tiles[None, :, None] * V32_TILE + cols[None, None, :])
-    raw = tl.load(nope_ptrs, mask=valid[:, None, None], other=0)
-    nope = fp8_to_f32(raw, INTERPRET)
-    # float32 scales used as stored (any value, not assumed a power of two). Typed pointers are formed
-    # before the element offsets, so Triton sees 4 (8) contiguous, 16-byte aligned elements: vector loads.
-    scale_ptrs = (token + V32_SCALE_OFFSET).to(tl.pointer_type(tl.float32))[:, None] + tiles[None, :]
-    scale = tl.load(scale_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 4]
-    deq = tl.reshape(nope * scale[:, :, None], [BLOCK_N, V32_NUM_TILES * V32_TILE])
+    raw = tl.load(token[:, None] + (C * V32_TILE + cols[None, :]), mask=valid[:, None], other=0)
+    # float32 scale used as stored (any value, not assumed a power of two); typed pointer before the offset
+    scale = tl.load((token + V32_SCALE_OFFSET).to(tl.pointer_type(tl.float32)) + C, mask=valid, other=0.0)
+    return round_to_bf16(fp8_to_f32(raw, INTERPRET) * scale[:, None], INTERPRET)
+
+
+@triton.jit
+def v32_rope(token, valid, INTERPRET: tl.constexpr):
+    """The bf16 RoPE part [BLOCK_N, 64] of a V32 tile (typed pointers first: 16-byte vector loads)."""
     rope_cols = tl.arange(0, ROPE_DIM)
     rope_ptrs = (token + V32_ROPE_OFFSET).to(tl.pointer_type(tl.bfloat16))[:, None] + rope_cols[None, :]
-    rope = tl.load(rope_ptrs, mask=valid[:, None], other=0.0)  # [BLOCK_N, 64] bf16
-    return round_to_bf16(deq, INTERPRET), bf16_operand(rope, INTERPRET)
+    return bf16_operand(tl.load(rope_ptrs, mask=valid[:, None], other=0.0), INTERPRET)
 
 
 @triton.jit
-def load_model1_keys(
-    cache_ptr,  # uint8 base of the [num_blocks, B, 1, 584] cache
-    pos,  # [BLOCK_N] int32 cache positions (0 where invalid)
-    valid,  # [BLOCK_N] bool
-    stride_block,  # bytes between page blocks (a multiple of 576)
-    page_block,  # B, tokens per page block
-    BLOCK_N: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    """Dequantized MODEL1 keys [BLOCK_N, 512]: 448 NoPE dims then 64 RoPE dims (all of it is V)."""
+def model1_rows(cache_ptr, pos, stride_block, page_block):
+    """([BLOCK_N] data-row pointers, [BLOCK_N] scale-row pointers) of MODEL1 positions `pos`."""
     block_base, offset = _block_base(pos, stride_block, page_block)
-    data = cache_ptr + block_base + offset * M1_DATA_BYTES  # [BLOCK_N] token data rows
+    data = cache_ptr + block_base + offset * M1_DATA_BYTES
     scales = cache_ptr + block_base + page_block * M1_DATA_BYTES + offset * M1_SCALE_BYTES
-    tiles = tl.arange(0, M1_TILES_PADDED)
+    return data, scales
+
+
+@triton.jit
+def model1_chunk(data, scales, valid, C: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+    """Dequantized MODEL1 key dims [128 C, 128 C + 128): tiles 2C and 2C + 1 of 448 NoPE dims then the
+    64 RoPE dims (tile 7), [BLOCK_N, 128]; all of it is V."""
     cols = tl.arange(0, M1_TILE)
-    is_nope = tiles < M1_NUM_TILES  # tile 7 is the RoPE part
-    nope_ptrs = data[:, None, None] + (tiles[None, :, None] * M1_TILE + cols[None, None, :])
-    nope_mask = valid[:, None, None] & is_nope[None, :, None]
-    raw = tl.load(nope_ptrs, mask=nope_mask, other=0)
-    nope = fp8_to_f32(raw, INTERPRET)  # [BLOCK_N, 8, 64]
-    # ue8m0: scale = 2^(byte - 127), built from the exponent bits
-    sbyte = tl.load(scales[:, None] + tiles[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
+    if 2 * C + 1 == M1_NUM_TILES:  # the last chunk: NoPE tile 6, then the RoPE part (bf16 as stored)
+        raw = tl.load(data[:, None] + (C * CHUNK + cols[None, :]), mask=valid[:, None], other=0)
+        sbyte = tl.load(scales + 2 * C, mask=valid, other=0)
+        deq = round_to_bf16(fp8_to_f32(raw, INTERPRET) * _ue8m0(sbyte)[:, None], INTERPRET)  # [BLOCK_N, 64]
+        # Byte offsets first (scalar loads): typed-first pointers would stage RoPE through shared memory
+        # with cp.async as in V32, +4 KB per block, which pushed BLOCK_H 16 past sm_89's 99 KB.
+        rope_ptrs = (data[:, None] + M1_NOPE + cols[None, :] * 2).to(tl.pointer_type(tl.bfloat16))
+        rope = bf16_operand(tl.load(rope_ptrs, mask=valid[:, None], other=0.0), INTERPRET)  # [BLOCK_N, 64]
+        # [BLOCK_N, 2, 64] -> [BLOCK_N, 128]: tile 6 then RoPE, without a float32 round trip of RoPE
+        return tl.reshape(tl.permute(tl.join(deq, rope), (0, 2, 1)), [BLOCK_N, CHUNK])
+    else:
+        tiles = 2 * C + tl.arange(0, 2)
+        nope_ptrs = data[:, None, None] + (tiles[None, :, None] * M1_TILE + cols[None, None, :])
+        raw = tl.load(nope_ptrs, mask=valid[:, None, None], other=0)
+        sbyte = tl.load(scales[:, None] + tiles[None, :], mask=valid[:, None], other=0)
+        deq = fp8_to_f32(raw, INTERPRET) * _ue8m0(sbyte)[:, :, None]  # [BLOCK_N, 2, 64]
+        return round_to_bf16(tl.reshape(deq, [BLOCK_N, CHUNK]), INTERPRET)
+
+
+@triton.jit
+def _ue8m0(sbyte):
+    """ue8m0 scale bytes -> float32 2^(byte - 127), built from the exponent bits (byte 0: 2^-127)."""
     sbits = sbyte.to(tl.int32) << 23
-    scale = tl.where(sbyte == 0, UE8M0_ZERO_BYTE_SCALE, sbits.to(tl.float32, bitcast=True))
-    # Byte offsets first (scalar loads): typed-first pointers would stage RoPE through shared memory with
-    # cp.async as in V32, +4 KB per block, which pushes BLOCK_H 16 past sm_89's 99 KB (104,576 B).
-    rope_ptrs = (data[:, None] + M1_NOPE + cols[None, :] * 2).to(tl.pointer_type(tl.bfloat16))
-    rope = tl.load(rope_ptrs, mask=valid[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, 64]
-    deq = tl.where(is_nope[None, :, None], nope * scale[:, :, None], rope[:, None, :])
-    deq = tl.reshape(deq, [BLOCK_N, M1_TILES_PADDED * M1_TILE])
-    return round_to_bf16(deq, INTERPRET)
+    return tl.where(sbyte == 0, UE8M0_ZERO_BYTE_SCALE, sbits.to(tl.float32, bitcast=True))

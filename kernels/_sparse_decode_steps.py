@@ -16,11 +16,12 @@ from . import _runtime  # noqa: F401  (decides compiled/interpreted before any k
 import triton
 import triton.language as tl
 
-from ._sparse_decode_fp8 import load_model1_keys, load_v32_keys, round_to_bf16
-from ._unchained_qk import qk_scores
+from ._sparse_decode_fp8 import model1_chunk, model1_rows, round_to_bf16, v32_chunk, v32_rope, v32_tokens
+from ._unchained_qk import dot_f32, opaque
 
 HEAD_DIM_V = 512  # output dims; also the width of the first key piece (576 = 512 + 64)
 D_V = tl.constexpr(HEAD_DIM_V)
+CHUNK_V = tl.constexpr(128)  # the accumulator's and the keys' chunk width (_sparse_decode_fp8.CHUNK)
 
 
 @triton.jit
@@ -58,18 +59,53 @@ def _step_entries(
 @triton.jit
 def _keys(cache, stride_block, page_block, pos, valid, IS_MODEL1: tl.constexpr, BLOCK_N: tl.constexpr,
           INTERPRET: tl.constexpr):
-    """Dequantized keys of one step: [BLOCK_N, 512] (= V) and, for V32, the RoPE part [BLOCK_N, 64]."""
+    """Dequantized keys of one step as four 128-dim chunks [BLOCK_N, 128] (dims 0-511, = V) and, for
+    V32, the RoPE part [BLOCK_N, 64] (MODEL1: its RoPE dims are the last chunk's upper half)."""
     if IS_MODEL1:
-        k_a = load_model1_keys(cache, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
-        k_b = k_a  # MODEL1 has no second piece; unused
+        data, scales = model1_rows(cache, pos, stride_block, page_block)
+        k0 = model1_chunk(data, scales, valid, 0, BLOCK_N, INTERPRET)
+        k1 = model1_chunk(data, scales, valid, 1, BLOCK_N, INTERPRET)
+        k2 = model1_chunk(data, scales, valid, 2, BLOCK_N, INTERPRET)
+        k3 = model1_chunk(data, scales, valid, 3, BLOCK_N, INTERPRET)
+        k_b = k0  # MODEL1 has no second piece; unused
     else:
-        k_a, k_b = load_v32_keys(cache, pos, valid, stride_block, page_block, BLOCK_N, INTERPRET)
-    return k_a, k_b
+        token = v32_tokens(cache, pos, stride_block, page_block)
+        k0 = v32_chunk(token, valid, 0, INTERPRET)
+        k1 = v32_chunk(token, valid, 1, INTERPRET)
+        k2 = v32_chunk(token, valid, 2, INTERPRET)
+        k3 = v32_chunk(token, valid, 3, INTERPRET)
+        k_b = v32_rope(token, valid, INTERPRET)
+    return k0, k1, k2, k3, k_b
+
+
+@triton.jit
+def _chunk_scores(q0, q1, q2, q3, q_b, k0, k1, k2, k3, k_b, HAS_B: tl.constexpr, UPCAST: tl.constexpr):
+    """q k^T [M, N] float32 as a sum of per-chunk dots (128 dims each, then V32's 64 RoPE dims), in the
+    order chunk 0, 1, 2, 3, RoPE. Every summed dot result goes through `opaque`: otherwise Triton folds
+    ``dot(a, b) + c`` into a dot accumulating into another, a chained dot (see _unchained_qk)."""
+    s = opaque(dot_f32(q0, tl.trans(k0), UPCAST), UPCAST) + opaque(dot_f32(q1, tl.trans(k1), UPCAST), UPCAST)
+    s += opaque(dot_f32(q2, tl.trans(k2), UPCAST), UPCAST)
+    s += opaque(dot_f32(q3, tl.trans(k3), UPCAST), UPCAST)
+    if HAS_B:
+        s += opaque(dot_f32(q_b, tl.trans(k_b), UPCAST), UPCAST)
+    return s
+
+
+@triton.jit
+def _p_at_v(p_hi, p_lo, v, acc, SPLIT_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc + P @ v for one 128-dim chunk of V (acc already rescaled by alpha)."""
+    if SPLIT_P:  # p = p_hi + p_lo to ~2^-17: P @ V nearly as exact as in float32
+        p2 = tl.reshape(tl.join(p_hi, p_lo), [p_hi.shape[0], 2 * BLOCK_N])  # columns hi0, lo0, hi1, lo1, ...
+        v2 = tl.reshape(tl.permute(tl.join(v, v), (0, 2, 1)), [2 * BLOCK_N, v.shape[1]])  # rows v0, v0, v1, ...
+        acc = tl.dot(p2, v2, acc)
+    else:
+        acc = tl.dot(p_hi, v, acc)  # accumulate in place
+    return acc
 
 
 @triton.jit
 def attend_lists(
-    q_a, q_b,  # query pieces: [BLOCK_H, 512], [BLOCK_H, 64] (V32 only)
+    q0, q1, q2, q3, q_b,  # query pieces: dims [0, 512) as four [BLOCK_H, 128] chunks, [BLOCK_H, 64] (V32 only)
     start, end, x_start, x_end,  # entries [start, end) of the main list, [x_start, x_end) of the extra one
     idx_ptr, stride_it, x_idx_ptr, stride_xt,  # this row's index lists and their element strides
     cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block,  # uint8 caches
@@ -77,16 +113,22 @@ def attend_lists(
     IS_MODEL1: tl.constexpr, HAS_EXTRA: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """(acc [BLOCK_H, 512] f32, row max m (log2 domain), row sum l) over both lists' entries of this split.
+    """(acc0..acc3: the [BLOCK_H, 512] f32 accumulator as four 128-column chunks, row max m (log2 domain),
+    row sum l) over both lists' entries of this split.
 
     Software-pipelined by one step: step t computes the scores of step t and does the softmax and
     P @ V of step t - 1 (with the scores carried from the previous iteration and its keys dequantized
-    again). The QK dot's result then only reaches the loop's yield, so Triton's AccelerateMatmul does
+    again). The QK dots' results then only reach the loop's yield, so Triton's AccelerateMatmul does
     not see a chained dot and splits its 64-row wgmma tile between the two warpgroups by N instead of
     computing it in both (a dot whose result flows into another dot gets all warps on M).
     Step 0's softmax sees no entry and leaves the state as initialised; the last step's scores are unused.
+    Keys are dequantized and consumed one 128-dim chunk at a time (QK as a sum of chunk dots, P @ V
+    into per-chunk accumulators), so no whole [BLOCK_N, 512] tile is live beside the accumulator.
     """
-    acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
+    acc0 = tl.zeros([BLOCK_H, CHUNK_V], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_H, CHUNK_V], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_H, CHUNK_V], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_H, CHUNK_V], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     main_steps = tl.cdiv(tl.maximum(end - start, 0), BLOCK_N)
@@ -99,9 +141,8 @@ def attend_lists(
             t, main_steps, start, end, x_start, x_end, idx_ptr, stride_it, x_idx_ptr, stride_xt,
             cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block, HAS_EXTRA, BLOCK_N,
         )
-        k_a, k_b = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
-        # 576 = 512 + 64 as two dots summed through an opaque identity (_unchained_qk: no chained dot)
-        s_next = qk_scores(q_a, q_b, k_a, k_b, not IS_MODEL1, True, INTERPRET)  # [BLOCK_H, BLOCK_N]
+        k0, k1, k2, k3, k_b = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
+        s_next = _chunk_scores(q0, q1, q2, q3, q_b, k0, k1, k2, k3, k_b, not IS_MODEL1, INTERPRET)
         s_next = tl.where(valid[None, :], s_next * qk_scale_log2, float("-inf"))  # exp2 domain
 
         # Step t - 1: its keys again (V), and the online softmax on the carried scores.
@@ -109,20 +150,20 @@ def attend_lists(
             t - 1, main_steps, start, end, x_start, x_end, idx_ptr, stride_it, x_idx_ptr, stride_xt,
             cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block, HAS_EXTRA, BLOCK_N,
         )
-        v, _unused = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
+        v0, v1, v2, v3, _unused = _keys(cache, cache_stride, block, pos, valid, IS_MODEL1, BLOCK_N, INTERPRET)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: keep exp2 finite
         p = tl.exp2(s - m_use[:, None])  # masked entries: exp2(-inf) = 0
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         p_hi = round_to_bf16(p, INTERPRET)
-        if SPLIT_P:  # p = p_hi + p_lo to ~2^-17: P @ V nearly as exact as in float32
+        p_lo = p_hi
+        if SPLIT_P:
             p_lo = round_to_bf16(p - p_hi.to(tl.float32), INTERPRET)
-            p2 = tl.reshape(tl.join(p_hi, p_lo), [p.shape[0], 2 * BLOCK_N])  # columns hi0, lo0, hi1, lo1, ...
-            v2 = tl.reshape(tl.permute(tl.join(v, v), (0, 2, 1)), [2 * BLOCK_N, D_V])  # rows v0, v0, v1, v1, ...
-            acc = tl.dot(p2, v2, acc * alpha[:, None])
-        else:
-            acc = tl.dot(p_hi, v, acc * alpha[:, None])  # V = the first 512 key dims; accumulate in place
+        acc0 = _p_at_v(p_hi, p_lo, v0, acc0 * alpha[:, None], SPLIT_P, BLOCK_N)
+        acc1 = _p_at_v(p_hi, p_lo, v1, acc1 * alpha[:, None], SPLIT_P, BLOCK_N)
+        acc2 = _p_at_v(p_hi, p_lo, v2, acc2 * alpha[:, None], SPLIT_P, BLOCK_N)
+        acc3 = _p_at_v(p_hi, p_lo, v3, acc3 * alpha[:, None], SPLIT_P, BLOCK_N)
         m_i = m_new
         s = s_next
-    return acc, m_i, l_i
+    return acc0, acc1, acc2, acc3, m_i, l_i

@@ -39,7 +39,7 @@ from ._splits import slots, whole_wave_splits
 from ._targets import INTERPRETER, GpuTarget, target_of_device
 
 from ._sparse_decode_fp8 import bf16_operand, store_bf16
-from ._sparse_decode_steps import D_V, HEAD_DIM_V, attend_lists
+from ._sparse_decode_steps import CHUNK_V, D_V, HEAD_DIM_V, attend_lists
 
 D_ROPE = tl.constexpr(64)  # V32's second key piece
 LN2 = tl.constexpr(0.6931471805599453)
@@ -89,13 +89,16 @@ def _sparse_decode_split_kernel(
     j = row % s_q
     heads = head_tile * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = heads < h_q  # padded heads compute on zeros and are never stored
-    dims = tl.arange(0, D_V)
+    dims = tl.arange(0, CHUNK_V)  # one 128-dim chunk of the query, the keys and the output
 
-    # Query pieces, loaded once: dims [0, 512) and (V32) [512, 576).
+    # Query pieces, loaded once: dims [0, 512) as four chunks and (V32) [512, 576).
     q_row = q_ptr + i.to(tl.int64) * stride_qb + j.to(tl.int64) * stride_qs + heads[:, None] * stride_qh
-    q_a = bf16_operand(tl.load(q_row + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q0 = bf16_operand(tl.load(q_row + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q1 = bf16_operand(tl.load(q_row + CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q2 = bf16_operand(tl.load(q_row + 2 * CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q3 = bf16_operand(tl.load(q_row + 3 * CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
     if IS_MODEL1:
-        q_b = q_a  # MODEL1 has no second piece; unused
+        q_b = q0  # MODEL1 has no second piece; unused
     else:
         rope = tl.arange(0, D_ROPE)
         q_b = bf16_operand(tl.load(q_row + D_V + rope[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
@@ -114,27 +117,43 @@ def _sparse_decode_split_kernel(
             x_length = tl.load(x_len_ptr + i)
         x_start, x_end = _chunk(x_length, split, num_splits, BLOCK_N)
         x_row = x_idx_ptr + i.to(tl.int64) * stride_xb + j.to(tl.int64) * stride_xs
-    acc, m_i, l_i = attend_lists(
-        q_a, q_b, start, end, x_start, x_end, idx_row, stride_it, x_row, stride_xt,
+    acc0, acc1, acc2, acc3, m_i, l_i = attend_lists(
+        q0, q1, q2, q3, q_b, start, end, x_start, x_end, idx_row, stride_it, x_row, stride_xt,
         cache_ptr, stride_cache, page_block, x_cache_ptr, stride_x_cache, x_page_block,
         qk_scale_log2, IS_MODEL1, HAS_EXTRA, SPLIT_P, BLOCK_H, BLOCK_N, INTERPRET,
     )
 
     empty = l_i == 0.0  # no valid entry in this split
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * LN2  # back to natural log
+    l_div = tl.where(empty, 1.0, l_i)  # empty rows: acc is 0, keep 0 / 0 out
+    lse = (m_i + tl.log2(l_div)) * LN2  # back to natural log
     if FINAL:
         lse = tl.where(empty, float("inf"), lse)
-        if HAS_SINK:
-            out = _apply_sink(out, lse, empty, sink_ptr, heads, head_ok)
-        out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V
-        store_bf16(out_rows + dims[None, :], out, head_ok[:, None], INTERPRET)
+        out_rows = out_ptr + (row.to(tl.int64) * h_q + heads)[:, None] * D_V + dims[None, :]
+        _store_final(out_rows, acc0 / l_div[:, None], lse, empty, sink_ptr, heads, head_ok, HAS_SINK, INTERPRET)
+        _store_final(out_rows + CHUNK_V, acc1 / l_div[:, None], lse, empty, sink_ptr, heads, head_ok, HAS_SINK,
+                     INTERPRET)
+        _store_final(out_rows + 2 * CHUNK_V, acc2 / l_div[:, None], lse, empty, sink_ptr, heads, head_ok, HAS_SINK,
+                     INTERPRET)
+        _store_final(out_rows + 3 * CHUNK_V, acc3 / l_div[:, None], lse, empty, sink_ptr, heads, head_ok, HAS_SINK,
+                     INTERPRET)
         tl.store(lse_ptr + (i.to(tl.int64) * h_q + heads) * s_q + j, lse, mask=head_ok)
     else:
         lse = tl.where(empty, float("-inf"), lse)
         slot = (row.to(tl.int64) * num_splits + split) * h_q + heads  # [BLOCK_H]
-        tl.store(part_out_ptr + slot[:, None] * D_V + dims[None, :], out, mask=head_ok[:, None])
+        part_rows = part_out_ptr + slot[:, None] * D_V + dims[None, :]
+        tl.store(part_rows, acc0 / l_div[:, None], mask=head_ok[:, None])
+        tl.store(part_rows + CHUNK_V, acc1 / l_div[:, None], mask=head_ok[:, None])
+        tl.store(part_rows + 2 * CHUNK_V, acc2 / l_div[:, None], mask=head_ok[:, None])
+        tl.store(part_rows + 3 * CHUNK_V, acc3 / l_div[:, None], mask=head_ok[:, None])
         tl.store(part_lse_ptr + slot, lse, mask=head_ok)
+
+
+@triton.jit
+def _store_final(ptrs, out, lse, empty, sink_ptr, heads, head_ok, HAS_SINK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One 128-column chunk of the final output (attention sink applied), as bfloat16."""
+    if HAS_SINK:
+        out = _apply_sink(out, lse, empty, sink_ptr, heads, head_ok)
+    store_bf16(ptrs, out, head_ok[:, None], INTERPRET)
 
 
 @triton.jit
@@ -206,7 +225,7 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
-    block_n = 32  # sm_90 build at BLOCK_H 64: 189 KB smem, 255 regs, <= 224 B spill; 64 tokens overflow smem
+    block_n = 32  # hi + lo P keeps 32-token steps (64 overflowed sm_90 before the chunked dequant; not re-measured)
     if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
         raise ValueError(
             f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
@@ -215,7 +234,7 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     num_stages = 2  # the key loads double-buffered in shared memory (cp.async)
     if target is not INTERPRETER:
         fits = [h for h, smem in SMEM_SM90.items() if h <= block_h and smem <= target.smem_per_block]
-        if not fits:  # one stage: no double buffers (sm_89's 99 KB: MODEL1 needs 116,736 B at 16 heads, 2 stages)
+        if not fits:  # one stage: no double buffers (a target below the 59,392 B of 16 heads, 2 stages)
             num_stages = 1
             fits = [h for h, smem in SMEM_SM90_ONE_STAGE.items() if h <= block_h and smem <= target.smem_per_block]
         if not fits:
@@ -244,14 +263,17 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     return LaunchConfig(block_h, block_n, num_splits, num_warps, num_stages, split_p=split_p)
 
 
-# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H, two stages (the larger of the
-# V32 and MODEL1 config4 builds: 64 -> 189,440 / 172,032; 32 -> 78,848 / 135,168; 16 -> 58,368 / 116,736),
-# from `python -m mlaverify.kernels.inspect`; tests/kernels/test_inspect.py checks the production one.
-# The scores one step ahead (attend_lists) load each step's keys twice, both loads double-buffered.
-SMEM_SM90 = {64: 189440, 32: 135168, 16: 116736}
-# The same with num_stages 1 (64 -> 147,456 / 139,264; 32 -> 53,248 / 102,400; 16 -> 34,816 / 83,968).
-SMEM_SM90_ONE_STAGE = {64: 147456, 32: 102400, 16: 83968}
-# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 231,424 / MODEL1 204,800 B (with hi + lo
+# Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H, two stages: the largest of the
+# V32 and MODEL1 config4 builds, P rounded once / P as hi + lo (64 -> hi + lo 148,480 / 131,072, the only
+# BLOCK_N 32 build at 64 heads on sm_90; 32 -> 76,800 / 71,680, 78,848 / 75,776; 16 -> 57,344 / 53,248,
+# 58,368 / 59,392), from the sm_90 build (tests/kernels/test_inspect.py checks the production one). The
+# scores one step ahead (attend_lists) load each step's keys twice, both loads double-buffered; the keys
+# are dequantized in 128-dim chunks (no whole [BLOCK_N, 512] tile in shared memory: 40 KB less at 64 heads).
+SMEM_SM90 = {64: 148480, 32: 78848, 16: 59392}
+# The same with num_stages 1 (64 -> 110,592 / 102,400 P rounded once; 32 -> 40,960 / 36,864 both modes;
+# 16 -> 22,528 / 20,480 both modes).
+SMEM_SM90_ONE_STAGE = {64: 110592, 32: 40960, 16: 22528}
+# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 231,424 / MODEL1 196,608 B (with hi + lo
 # it would need more than sm_90's 232,448 B per block).
 SMEM_SM90_ONE_ROUNDING_BN64 = 231424
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
