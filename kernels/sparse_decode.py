@@ -247,6 +247,8 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     one_rounding_fits = SMEM_SM90_ONE_ROUNDING_BN64 <= target.smem_per_block
     if not split_p and target is not INTERPRETER and block_h == 64 and num_stages == 2 and one_rounding_fits:
         block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
+    if target is INTERPRETER:
+        block_n = 64  # the interpreter pays per operation, not per element: half the steps of 32 (and the H200's tile)
     programs = b * s_q * math.ceil(h_q / block_h)
     num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
     if num_splits is None and target is INTERPRETER:
