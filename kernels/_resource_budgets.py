@@ -26,9 +26,9 @@ class Budget:
 # The default build: one bf16 rounding of P and dS (MLAVERIFY_P_SPLIT unset or 0).
 SM90_BUDGETS = {
     "sparse_decode.split": Budget(
-        216, ("wgmma",), 1.005,
+        232, ("wgmma",), 1.005,
         "64 heads x BLOCK_N 64, two stages (V32 231,424 B, MODEL1 196,608 B of shared memory); 255 registers, "
-        "V32 96-168 B, MODEL1 120-216 B of spill (400 B before): the keys are dequantized and consumed in "
+        "V32 96-168 B, MODEL1 112-232 B of spill over every batch size (-m slow sweep; 400 B before): the keys are dequantized and consumed in "
         "128-dim chunks (QK a sum of chunk dots, P @ V into four [64, 128] accumulators), which leaves "
         "loop-invariant addresses and descriptors spilled beside the 128-register accumulator. Ratio 1.00: "
         "P @ V once and QK once. The scores are computed one step ahead (_sparse_decode_steps), so that the QK "
@@ -68,10 +68,10 @@ SM90_BUDGETS = {
 SM90_BUDGETS_HI_LO = {
     **SM90_BUDGETS,
     "sparse_decode.split": Budget(
-        152, ("wgmma",), 1.505,
+        160, ("wgmma",), 1.505,
         "BLOCK_N 32 (not re-measured at 64 since the chunked dequant: V32 148,480 B, MODEL1 126,976 B now); "
         "255 registers: the [64, 512] f32 accumulator (four 128-column chunks) plus the carried scores; V32 "
-        "spills 48 B, MODEL1 24-152 B (224 B before the 128-dim chunks). "
+        "spills 48 B, MODEL1 24-160 B over every batch size (224 B before the 128-dim chunks). "
         "Ratio 1.47 (V32) / 1.50 (MODEL1): QK once (scores one step ahead), P @ V twice (p_hi + p_lo).",
     ),
     "sparse_prefill": Budget(
