@@ -8,7 +8,9 @@ these shapes gets; meta tensors report address 0, i.e. aligned like real allocat
 
 Resources come from the compiled artifacts: registers and local (spill) bytes per thread from
 ``cuobjdump --dump-resource-usage`` of the cubin, shared memory from Triton's metadata (what
-the launch requests), and the MMA instructions of each innermost loop of the PTX.
+the launch requests), the MMA instructions of each innermost loop of the PTX, and the local
+loads and stores (LDL/STL: where a spill costs time) inside the SASS main loop, read with
+``nvdisasm``: a kernel whose spills all sit in its prologue and epilogue pays them once.
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ class CompiledResources:
     num_stages: int
     loops: tuple  # LoopMma of each innermost loop with MMAs, in PTX order
     mma_kinds: tuple  # every MMA kind anywhere in the kernel
+    loop_spill: "SassLoopSpill | None" = None  # LDL/STL in the SASS main loop (None: no SASS loop with MMAs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SassLoopSpill:
+    """Local-memory traffic of the SASS main loop: the innermost loop with the most MMA instructions."""
+
+    loads: int  # LDL instructions per iteration
+    stores: int  # STL instructions per iteration
+    instructions: int  # SASS instructions per iteration
 
 
 def _tool(name: str) -> str:
@@ -83,11 +95,12 @@ def compile_launch(launch: KernelLaunch, target: GpuTarget) -> CompiledResources
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     compiled = triton_compile(ASTSource(kernel, signature, constexprs, attrs), target=t, options=options.__dict__)
     regs, local = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
+    loop_spill = sass_main_loop_spill(_sass(compiled.asm["cubin"])) if local else SassLoopSpill(0, 0, 0)
     meta = compiled.metadata
     ptx = compiled.asm["ptx"]
     warps = meta.num_warps
     result = CompiledResources(regs, local, int(meta.shared), warps, meta.num_stages,
-                               tuple(innermost_loops(ptx, warps)), tuple(sorted(_kinds(ptx))))
+                               tuple(innermost_loops(ptx, warps)), tuple(sorted(_kinds(ptx))), loop_spill)
     _CACHE[key] = result
     return result
 
@@ -103,6 +116,43 @@ def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
     if match is None:
         raise RuntimeError(f"cuobjdump: no resource line for {name} in:\n{text}")
     return int(match.group(2)), max(int(match.group(3)), int(match.group(5)))  # spills live in the stack frame
+
+
+def _sass(cubin: bytes) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([_tool("nvdisasm"), "-c", path], check=True, capture_output=True, text=True).stdout
+
+
+_SASS_LABEL = re.compile(r"^\s*\.(L_x_\d+):")
+_SASS_BRANCH = re.compile(r"\bBRA\b[^;]*?\.(L_x_\d+)")
+_SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/")  # an instruction line carries its address
+_SASS_MMA = re.compile(r"\b(HGMMA|HMMA|UTCHMMA|UTCQMMA)\b")
+
+
+def sass_main_loop_spill(sass: str) -> SassLoopSpill | None:
+    """LDL/STL per iteration of the innermost SASS loop (label, backward BRA) with the most MMAs."""
+    lines = sass.splitlines()
+    labels: dict = {}
+    loops = []
+    for i, line in enumerate(lines):
+        match = _SASS_LABEL.match(line)
+        if match:
+            labels[match.group(1)] = i
+        match = _SASS_BRANCH.search(line)
+        if match and match.group(1) in labels and labels[match.group(1)] < i:
+            loops.append((labels[match.group(1)], i))
+    with_mma = [(a, b) for a, b in loops if any(_SASS_MMA.search(x) for x in lines[a:b + 1])]
+    innermost = [(a, b) for a, b in with_mma
+                 if not any((c, d) != (a, b) and a <= c and d <= b for c, d in with_mma)]
+    if not innermost:
+        return None
+    a, b = max(innermost, key=lambda ab: sum(1 for x in lines[ab[0]:ab[1] + 1] if _SASS_MMA.search(x)))
+    body = [x for x in lines[a:b + 1] if _SASS_OPCODE.search(x)]
+    return SassLoopSpill(sum(1 for x in body if re.search(r"\bLDL\b", x)),
+                         sum(1 for x in body if re.search(r"\bSTL\b", x)), len(body))
 
 
 _MMA_PATTERNS = (

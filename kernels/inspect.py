@@ -7,6 +7,7 @@ Every production configuration (``_inspect_cases``) is planned by the kernels' o
 (``*_plan``: block sizes, warps, stages and grid as a real launch would use them) and compiled
 with Triton's bundled ptxas. Printed per kernel launch: grid, programs, resident blocks per SM
 and waves on the target's SM count, warps/stages, registers, local (spill) bytes per thread,
+the local loads/stores per iteration of the SASS main loop (what the spill costs each step),
 shared memory against the target's per-block limit, the MMA kind and count per iteration of
 the main loop (the innermost loop issuing the most tensor-core FLOPs), and the ratio of
 tensor-core FLOPs issued to the FLOPs the spec counts for that iteration. Then, per case, a
@@ -47,6 +48,7 @@ def _row(case, launch, target, res, counted) -> dict:
         "waves": programs / (target.sm_count * blocks) if blocks else None,
         "num_warps": res.num_warps, "num_stages": res.num_stages,
         "registers": res.registers, "spill_bytes": res.local_bytes,
+        "loop_spill": None if res.loop_spill is None else dataclasses.asdict(res.loop_spill),
         "shared_bytes": res.shared_bytes, "shared_limit": target.smem_per_block,
         "shared_ok": res.shared_bytes <= target.smem_per_block,
         "mma_kinds": list(res.mma_kinds),
@@ -132,8 +134,8 @@ def format_table(report: dict) -> str:
     t = report["target"]
     lines = [f"target {t['name']} ({t['product']}: {t['sm_count']} SMs, {t['smem_per_block']} B shared per block)",
              "| case | kernel | grid (programs) | blocks/SM, waves | warps/stages | regs | spill B | smem B | "
-             "main-loop MMA per iter | bar | cp.async | PTX instr | issued/counted |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "loop LDL/STL | main-loop MMA per iter | bar | cp.async | PTX instr | issued/counted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if "unsupported" in r:
             lines.append(f"| {r['case']} | {r['kernel']} | not supported on this target: {r['unsupported']} |")
@@ -142,10 +144,12 @@ def format_table(report: dict) -> str:
         mma = "-" if main is None else (
             f"{main['kind']} " + ", ".join(f"{n}x{s}" for s, n in sorted(main["shapes"].items())))
         smem = f"{r['shared_bytes']:,}" + ("" if r["shared_ok"] else " OVER")
+        ls = r.get("loop_spill")
+        loop_spill = "-" if ls is None else f"{ls['loads']}/{ls['stores']}"
         lines.append(
             f"| {r['case']} | {r['kernel']} | {'x'.join(map(str, r['grid']))} ({r['programs']:,}) | "
             f"{r['blocks_per_sm']}, {_fmt(r['waves'], '.2f')} | {r['num_warps']}/{r['num_stages']} | "
-            f"{r['registers']} | {r['spill_bytes']} | {smem} | {mma} | "
+            f"{r['registers']} | {r['spill_bytes']} | {smem} | {loop_spill} | {mma} | "
             f"{_fmt(main and main['barriers'])} | {_fmt(main and main['async_copies'])} | "
             f"{_fmt(main and main.get('instructions'))} | "
             f"{_fmt(r['tensor_work_ratio'], '.2f')} |"

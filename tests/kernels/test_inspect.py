@@ -236,6 +236,46 @@ def test_ptx_loops_are_read_innermost_first():
     assert loop.flops == 2 * (2 * 64 * 32 * 16) * 2  # two instructions, two warpgroups
 
 
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   STL [R1], R2 ;
+.L_x_0:
+        /*0020*/                   LDL R4, [R1] ;
+.L_x_1:
+        /*0030*/                   HGMMA.64x32x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0040*/                   LDL R5, [R1+0x4] ;
+        /*0050*/                   STL [R1+0x8], R6 ;
+        /*0060*/              @P0 BRA `(.L_x_1) ;
+        /*0070*/              @P1 BRA `(.L_x_0) ;
+        /*0080*/                   LDL R7, [R1+0x8] ;
+        /*0090*/                   EXIT ;
+"""
+
+
+def test_sass_main_loop_spill_counts_the_innermost_mma_loop_only():
+    spill = _inspect_compile.sass_main_loop_spill(SASS)
+    # inner loop .L_x_1: one LDL and one STL; the prologue STL, the outer loop's LDL and the epilogue's are not counted
+    assert (spill.loads, spill.stores, spill.instructions) == (1, 1, 4)
+    assert _inspect_compile.sass_main_loop_spill(SASS.replace("HGMMA", "FFMA")) is None  # no MMA loop
+
+
+# Local loads/stores per main-loop iteration, measured with `python -m mlaverify.kernels.inspect`:
+# only sparse decode (19-55 LDL per 64-entry step, of ~2,080 SASS instructions) and dense decode's
+# 64-row tile (1 LDL) touch local memory inside their loops; MHA dq's 48 B spill sits outside them.
+LOOP_SPILL_ALLOWED = {"sparse_decode.split", "dense_decode.split"}
+
+
+def test_main_loops_without_local_traffic_stay_so(sm90):
+    problems = []
+    for r in _rows(sm90):
+        ls = r["loop_spill"]
+        if r["main_loop"] is not None and ls is None:
+            problems.append(f"{r['case']} {r['kernel']}: no SASS loop with MMAs found")
+        elif ls and (ls["loads"] or ls["stores"]) and (r["spill_bytes"] == 0 or r["kernel"] not in LOOP_SPILL_ALLOWED):
+            problems.append(f"{r['case']} {r['kernel']}: {ls['loads']} LDL / {ls['stores']} STL per main-loop iteration")
+    assert not problems, "\n".join(problems)
+
+
 def test_cli_writes_json_and_refuses_unknown_presets(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert inspect.main(["--preset", "prefill-model1-config1", "--json", str(out)]) == 0
