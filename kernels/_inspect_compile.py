@@ -95,7 +95,7 @@ def compile_launch(launch: KernelLaunch, target: GpuTarget) -> CompiledResources
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     compiled = triton_compile(ASTSource(kernel, signature, constexprs, attrs), target=t, options=options.__dict__)
     regs, local = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
-    loop_spill = sass_main_loop_spill(_sass(compiled.asm["cubin"])) if local else SassLoopSpill(0, 0, 0)
+    loop_spill = sass_main_loop_spill(_read_cubin("nvdisasm", "-c", compiled.asm["cubin"]))
     meta = compiled.metadata
     ptx = compiled.asm["ptx"]
     warps = meta.num_warps
@@ -105,25 +105,21 @@ def compile_launch(launch: KernelLaunch, target: GpuTarget) -> CompiledResources
     return result
 
 
-def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
+def _read_cubin(tool: str, flag: str, cubin: bytes) -> str:
+    """stdout of one of the wheel's CUDA tools run on the cubin."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        text = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path], check=True,
-                              capture_output=True, text=True).stdout
+        return subprocess.run([_tool(tool), flag, path], check=True, capture_output=True, text=True).stdout
+
+
+def _resource_usage(cubin: bytes, name: str) -> tuple[int, int]:
+    text = _read_cubin("cuobjdump", "--dump-resource-usage", cubin)
     match = re.search(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
     if match is None:
         raise RuntimeError(f"cuobjdump: no resource line for {name} in:\n{text}")
     return int(match.group(2)), max(int(match.group(3)), int(match.group(5)))  # spills live in the stack frame
-
-
-def _sass(cubin: bytes) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        return subprocess.run([_tool("nvdisasm"), "-c", path], check=True, capture_output=True, text=True).stdout
 
 
 _SASS_LABEL = re.compile(r"^\s*\.(L_x_\d+):")
@@ -132,21 +128,27 @@ _SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/")  # an instruction line carries 
 _SASS_MMA = re.compile(r"\b(HGMMA|HMMA|UTCHMMA|UTCQMMA)\b")
 
 
-def sass_main_loop_spill(sass: str) -> SassLoopSpill | None:
-    """LDL/STL per iteration of the innermost SASS loop (label, backward BRA) with the most MMAs."""
-    lines = sass.splitlines()
+def _innermost_mma_loops(lines: list, label, branch, has_mma) -> list:
+    """(first, last) line of each loop = [label, backward branch to it] that holds an MMA line and
+    contains no other such loop, in program order (PTX and SASS alike: their own patterns)."""
     labels: dict = {}
     loops = []
     for i, line in enumerate(lines):
-        match = _SASS_LABEL.match(line)
+        match = label.match(line)
         if match:
             labels[match.group(1)] = i
-        match = _SASS_BRANCH.search(line)
-        if match and match.group(1) in labels and labels[match.group(1)] < i:
-            loops.append((labels[match.group(1)], i))
-    with_mma = [(a, b) for a, b in loops if any(_SASS_MMA.search(x) for x in lines[a:b + 1])]
-    innermost = [(a, b) for a, b in with_mma
-                 if not any((c, d) != (a, b) and a <= c and d <= b for c, d in with_mma)]
+        for target in branch.findall(line):
+            if target in labels and labels[target] < i:
+                loops.append((labels[target], i))
+    with_mma = [(a, b) for a, b in loops if any(has_mma(x) for x in lines[a:b + 1])]
+    return sorted({(a, b) for a, b in with_mma
+                   if not any((c, d) != (a, b) and a <= c and d <= b for c, d in with_mma)})
+
+
+def sass_main_loop_spill(sass: str) -> SassLoopSpill | None:
+    """LDL/STL per iteration of the innermost SASS loop (label, backward BRA) with the most MMAs."""
+    lines = sass.splitlines()
+    innermost = _innermost_mma_loops(lines, _SASS_LABEL, _SASS_BRANCH, _SASS_MMA.search)
     if not innermost:
         return None
     a, b = max(innermost, key=lambda ab: sum(1 for x in lines[ab[0]:ab[1] + 1] if _SASS_MMA.search(x)))
@@ -184,20 +186,8 @@ def _mma_flops(kind: str, shape: str, num_warps: int) -> float | None:
 def innermost_loops(ptx: str, num_warps: int) -> list[LoopMma]:
     """Loops = [label, backward branch to it]; the innermost ones holding MMAs, with their counts."""
     lines = ptx.splitlines()
-    labels = {}
-    loops = []
-    for i, line in enumerate(lines):
-        match = _LABEL.match(line)
-        if match:
-            labels[match.group(1)] = i
-        for target in _BRANCH.findall(line):
-            if target in labels and labels[target] < i:
-                loops.append((labels[target], i))
-    with_mma = [(a, b) for a, b in loops if _kinds("\n".join(lines[a:b + 1]))]
-    innermost = [(a, b) for a, b in with_mma
-                 if not any((c, d) != (a, b) and a <= c and d <= b for c, d in with_mma)]
     result = []
-    for a, b in sorted(set(innermost)):
+    for a, b in _innermost_mma_loops(lines, _LABEL, _BRANCH, _kinds):
         body = lines[a:b + 1]
         counts: dict = {}
         kind_of = {}
