@@ -2,10 +2,13 @@
 
 A roofline fed with what ``mlaverify.kernels.inspect`` reads from the build, not a measurement:
 
-    launch with a main MMA loop:  t = max(t_tensor + t_exp + t_dequant, t_memory) x ceil(waves) / waves
+    launch with a main MMA loop:  t = max(t_tensor + t_exp + t_dequant, t_issue, t_memory) x ceil(waves) / waves
         t_tensor  = the op's counted FLOPs x (issued / counted) / (peak x the MMA kind's fraction)
         t_exp     = scores (query, key, head) x one exp2 each / (SMs x exp2 per SM per clock x clock)
         t_dequant = FP8 tokens dequantized (once per head tile) x cycles per token / (SMs x clock)
+        t_issue   = main-loop iterations (counted FLOPs / counted per iteration) x SASS instructions per
+                    iteration x warps / (SMs x 4 schedulers x clock): every instruction of the loop body
+                    (dequantization, softmax, addresses, MMA issue, spill reloads) issued once per warp
         t_memory  = (the op's bytes by the spec's formula + the launch's float32 partials) / bandwidth
     launch without MMA (split combine, backward preprocess): its float32 tensors / bandwidth
 
@@ -36,6 +39,8 @@ MMA_SYNC_FRACTION_SM90 = 2 / 3
 # FP8 -> bf16 dequantization of one 576/656-byte token for one 64-head tile: ~50 SM cycles in
 # FlashMLA's tuned kernel (configs-and-performance.md). Ours is not faster, so t_dequant is a floor.
 DEQUANT_CYCLES_PER_TOKEN = 50.0
+# Warp schedulers per SM, each issuing at most one instruction per clock (sm_70 and later).
+SCHEDULERS_PER_SM = 4
 # exp2 (MUFU.EX2) throughput: 16 results per SM per clock on compute capability 8.x-10.0 (CUDA C++
 # Programming Guide, "Arithmetic Instructions" throughput table).
 EXP2_PER_SM_PER_CLOCK = 16.0
@@ -62,11 +67,27 @@ def launch_time(row: dict, work: dict, target: GpuTarget) -> tuple[float, str]:
         tiles = math.ceil(work["h_q"] / row["constexprs"]["BLOCK_H"])
         parts["dequant"] = work["fp8_tokens"] * tiles * DEQUANT_CYCLES_PER_TOKEN / sm_clocks
     compute = sum(parts.values())
+    issue = _issue_time(row, work, sm_clocks)
     memory = (work["bytes"] + partials) / bandwidth
-    bound = "memory" if memory > compute else "+".join(k for k, v in parts.items() if v >= 0.2 * compute)
+    if memory > max(compute, issue):
+        bound = "memory"
+    elif issue > compute:
+        bound = "issue"
+    else:
+        bound = "+".join(k for k, v in parts.items() if v >= 0.2 * compute)
+    compute = max(compute, issue)
     waves = row.get("waves")
     quantized = math.ceil(waves) / waves if waves else 1.0
     return max(compute, memory) * quantized, bound
+
+
+def _issue_time(row: dict, work: dict, sm_clocks: float) -> float:
+    """Seconds to issue the main loop's SASS once per warp per iteration (0 when the build gave no count)."""
+    loop, counted = row.get("loop_spill"), row.get("counted_flops")
+    if not loop or not counted:
+        return 0.0
+    iterations = work["flops"] / counted
+    return iterations * loop["instructions"] * row["num_warps"] / (SCHEDULERS_PER_SM * sm_clocks)
 
 
 def estimate_cases(rows: list[dict], works: dict[str, dict], target: GpuTarget) -> list[dict]:

@@ -52,12 +52,28 @@ def _query_range(s_q, s_k, n0, win_left, win_right, MASK_LO: tl.constexpr, MASK_
 
 
 @triton.jit
-def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
-                        win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
+def _mma_split_b(a, x, acc, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+    """acc + a @ x for a float32 ``x`` (P, dS) rounded to 16 bits as `_mma_split` rounds it (x the right operand)."""
+    hi = _round16(x, a.dtype, UPCAST)
+    acc = _mma(a, hi, acc, UPCAST)
+    if SPLIT:
+        acc = _mma(a, _round16(x - hi.to(tl.float32), a.dtype, UPCAST), acc, UPCAST)
+    return acc
+
+
+@triton.jit
+def _mha_bwd_dkdv_block(dk0_t, dk1_t, dv_t, k0_t, k1_t, v_t, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0,
+                        offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
                         D0: tl.constexpr, D1: tl.constexpr, DV: tl.constexpr, MASK_LO: tl.constexpr,
                         MASK_HI: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr,
                         P_SPLIT: tl.constexpr):
-    """Add the contribution of query rows [m0, m0 + BLOCK_M) of one head to a key block's dk, dv."""
+    """Add the contribution of query rows [m0, m0 + BLOCK_M) of one head to a key block's dk, dv.
+
+    Dims first: the accumulators are dK^T [D, BLOCK_N] and dV^T [DV, BLOCK_N], so that every product has
+    the head dims or the query rows (>= 64) as its M, never the program's BLOCK_N keys: S = Q K^T,
+    dP = dO V^T (M = BLOCK_M), dV^T += dO^T P, dK^T += Q^T dS (M = the dims). With 32 keys per program
+    that is wgmma on sm_90 where the keys-first form (M = 32) was mma.sync.
+    """
     offs_m = m0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < s_q
     q_rows = (q_lo + offs_m)[:, None] * stride_qt
@@ -67,21 +83,21 @@ def _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo
                  mask=row_ok[:, None], other=0.0)
     lse2 = tl.load(Lse_h + (q_lo + offs_m) * stride_lt, mask=row_ok, other=float("inf")) * LOG2E
     delta = tl.load(Delta_h + (q_lo + offs_m) * stride_lt, mask=row_ok, other=0.0)
-    s_t = _mma(k0, tl.trans(q0), None, UPCAST)  # [BLOCK_N, BLOCK_M] = (q k^T)^T, D0 piece
-    s_t = _mma(k1, tl.trans(q1), s_t, UPCAST)  # plus the D1 piece
-    p_t = tl.math.exp2(s_t * scale_log2 - lse2[None, :])  # P^T; rows with lse +inf give 0
+    s = _mma(q0, k0_t, None, UPCAST)  # [BLOCK_M, BLOCK_N] = q k^T, D0 piece
+    s = _mma(q1, k1_t, s, UPCAST)  # plus the D1 piece
+    p = tl.math.exp2(s * scale_log2 - lse2[:, None])  # rows with lse +inf give 0
     if MASKED:  # keys past s_k only touch their own (unstored) rows; rows past s_q have lse +inf
-        diag = s_k - s_q + offs_m[None, :]  # [1, BLOCK_M]: each row's diagonal key
+        diag = s_k - s_q + offs_m[:, None]  # [BLOCK_M, 1]: each row's diagonal key
         if MASK_HI:
-            p_t = tl.where(offs_n[:, None] <= diag + win_right, p_t, 0.0)
+            p = tl.where(offs_n[None, :] <= diag + win_right, p, 0.0)
         if MASK_LO:
-            p_t = tl.where(offs_n[:, None] >= diag - win_left, p_t, 0.0)
-    dv = _mma_split(p_t, do, dv, UPCAST, P_SPLIT)  # dV += P^T dO
-    dp_t = _mma(v, tl.trans(do), None, UPCAST)  # dP^T = (dO V^T)^T
-    ds_t = p_t * (dp_t - delta[None, :])  # dS^T = P^T * (dP^T - delta)
-    dk0 = _mma_split(ds_t, q0, dk0, UPCAST, P_SPLIT)  # dK += dS^T Q (times softmax_scale at the end)
-    dk1 = _mma_split(ds_t, q1, dk1, UPCAST, P_SPLIT)
-    return dk0, dk1, dv
+            p = tl.where(offs_n[None, :] >= diag - win_left, p, 0.0)
+    dv_t = _mma_split_b(tl.trans(do), p, dv_t, UPCAST, P_SPLIT)  # dV^T += dO^T P
+    dp = _mma(do, v_t, None, UPCAST)  # dP = dO V^T
+    ds = p * (dp - delta[:, None])  # dS = P * (dP - delta)
+    dk0_t = _mma_split_b(tl.trans(q0), ds, dk0_t, UPCAST, P_SPLIT)  # dK^T += Q^T dS (times softmax_scale at the end)
+    dk1_t = _mma_split_b(tl.trans(q1), ds, dk1_t, UPCAST, P_SPLIT)
+    return dk0_t, dk1_t, dv_t
 
 
 @triton.jit
@@ -120,13 +136,14 @@ def _mha_bwd_dkdv_kernel(
     offs_d1 = D0 + tl.arange(0, D1)
     offs_v = tl.arange(0, DV)
     k_rows = (k_lo + offs_n)[:, None] * stride_kt + kvh * stride_kh
-    k0 = tl.load(K + k_rows + offs_d0[None, :] * stride_kd, mask=key_ok[:, None], other=0.0)
-    k1 = tl.load(K + k_rows + offs_d1[None, :] * stride_kd, mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + (k_lo + offs_n)[:, None] * stride_vt + kvh * stride_vh + offs_v[None, :] * stride_vd,
-                mask=key_ok[:, None], other=0.0)
-    dk0 = tl.zeros([BLOCK_N, D0], tl.float32)
-    dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
-    dv = tl.zeros([BLOCK_N, DV], tl.float32)
+    # K^T and V^T formed once, before the loops (a transpose inside them rebuilds the operand every step)
+    k0_t = tl.trans(tl.load(K + k_rows + offs_d0[None, :] * stride_kd, mask=key_ok[:, None], other=0.0))
+    k1_t = tl.trans(tl.load(K + k_rows + offs_d1[None, :] * stride_kd, mask=key_ok[:, None], other=0.0))
+    v_t = tl.trans(tl.load(V + (k_lo + offs_n)[:, None] * stride_vt + kvh * stride_vh + offs_v[None, :] * stride_vd,
+                           mask=key_ok[:, None], other=0.0))
+    dk0_t = tl.zeros([D0, BLOCK_N], tl.float32)
+    dk1_t = tl.zeros([D1, BLOCK_N], tl.float32)
+    dv_t = tl.zeros([DV, BLOCK_N], tl.float32)
 
     lo, full_lo, full_hi, hi = _query_range(s_q, s_k, n0, win_left, win_right, MASK_LO, MASK_HI, BLOCK_M, BLOCK_N)
     for g in range(GROUP):  # the query heads of this KV head, in a fixed order
@@ -136,28 +153,29 @@ def _mha_bwd_dkdv_kernel(
         Lse_h = Lse + h.to(tl.int64) * stride_lh  # h * total_q: int64
         Delta_h = Delta + h.to(tl.int64) * stride_lh
         for m0 in range(lo, tl.minimum(full_lo, hi), BLOCK_M):  # diagonal edge, masked
-            dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
-                                               m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
-                                               stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, True,
-                                               BLOCK_M, UPCAST, P_SPLIT)
+            dk0_t, dk1_t, dv_t = _mha_bwd_dkdv_block(
+                dk0_t, dk1_t, dv_t, k0_t, k1_t, v_t, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
+                win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
+                D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_M, UPCAST, P_SPLIT)
         for m0 in range(full_lo, full_hi, BLOCK_M):  # rows that see the whole block, no mask
-            dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
-                                               m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
-                                               stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, False,
-                                               BLOCK_M, UPCAST, P_SPLIT)
+            dk0_t, dk1_t, dv_t = _mha_bwd_dkdv_block(
+                dk0_t, dk1_t, dv_t, k0_t, k1_t, v_t, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
+                win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
+                D0, D1, DV, MASK_LO, MASK_HI, False, BLOCK_M, UPCAST, P_SPLIT)
         for m0 in range(tl.maximum(full_lo, full_hi), hi, BLOCK_M):  # left window edge, masked
-            dk0, dk1, dv = _mha_bwd_dkdv_block(dk0, dk1, dv, k0, k1, v, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k,
-                                               m0, offs_n, win_left, win_right, stride_qt, stride_qd, stride_dt,
-                                               stride_dd, stride_lt, scale_log2, D0, D1, DV, MASK_LO, MASK_HI, True,
-                                               BLOCK_M, UPCAST, P_SPLIT)
+            dk0_t, dk1_t, dv_t = _mha_bwd_dkdv_block(
+                dk0_t, dk1_t, dv_t, k0_t, k1_t, v_t, Q_h, DO_h, Lse_h, Delta_h, q_lo, s_q, s_k, m0, offs_n,
+                win_left, win_right, stride_qt, stride_qd, stride_dt, stride_dd, stride_lt, scale_log2,
+                D0, D1, DV, MASK_LO, MASK_HI, True, BLOCK_M, UPCAST, P_SPLIT)
 
-    dk_rows = (k_lo + offs_n)[:, None] * stride_gkt + kvh * stride_gkh
-    tl.store(DK + dk_rows + offs_d0[None, :] * stride_gkd, _round16(dk0 * softmax_scale, DK.dtype.element_ty, UPCAST),
-             mask=key_ok[:, None])
-    tl.store(DK + dk_rows + offs_d1[None, :] * stride_gkd, _round16(dk1 * softmax_scale, DK.dtype.element_ty, UPCAST),
-             mask=key_ok[:, None])
-    tl.store(DV_out + (k_lo + offs_n)[:, None] * stride_gvt + kvh * stride_gvh + offs_v[None, :] * stride_gvd,
-             _round16(dv, DV_out.dtype.element_ty, UPCAST), mask=key_ok[:, None])
+    # stored as they are accumulated, dims by rows: pointers [D, BLOCK_N], no transpose of the accumulators
+    dk_cols = (k_lo + offs_n)[None, :] * stride_gkt + kvh * stride_gkh
+    tl.store(DK + dk_cols + offs_d0[:, None] * stride_gkd, _round16(dk0_t * softmax_scale, DK.dtype.element_ty, UPCAST),
+             mask=key_ok[None, :])
+    tl.store(DK + dk_cols + offs_d1[:, None] * stride_gkd, _round16(dk1_t * softmax_scale, DK.dtype.element_ty, UPCAST),
+             mask=key_ok[None, :])
+    tl.store(DV_out + (k_lo + offs_n)[None, :] * stride_gvt + kvh * stride_gvh + offs_v[:, None] * stride_gvd,
+             _round16(dv_t, DV_out.dtype.element_ty, UPCAST), mask=key_ok[None, :])
 
 
 @triton.jit

@@ -26,14 +26,17 @@ class Budget:
 # The default build: one bf16 rounding of P and dS (MLAVERIFY_P_SPLIT unset or 0).
 SM90_BUDGETS = {
     "sparse_decode.split": Budget(
-        232, ("wgmma",), 1.005,
+        120, ("wgmma",), 1.005,
         "64 heads x BLOCK_N 64, two stages (V32 231,424 B, MODEL1 196,608 B of shared memory); 255 registers, "
-        "V32 96-168 B, MODEL1 112-232 B of spill over every batch size (-m slow sweep; 400 B before): the keys are dequantized and consumed in "
-        "128-dim chunks (QK a sum of chunk dots, P @ V into four [64, 128] accumulators), which leaves "
-        "loop-invariant addresses and descriptors spilled beside the 128-register accumulator. Ratio 1.00: "
-        "P @ V once and QK once. The scores are computed one step ahead (_sparse_decode_steps), so that the QK "
-        "dot feeds no dot in its own iteration: for a chained dot Triton 3.9 puts all 8 warps on M, which 64 "
-        "rows fill only once, and both warpgroups computed QK (ratio 1.53 / 1.50, 496-704 B of spill before).",
+        "V32 56-120 B, MODEL1 24-48 B of spill over every batch size (-m slow sweep; 96-232 B with the scores "
+        "computed before P @ V in the iteration, 400 B before the 128-dim chunks): what spills is the QK dots' "
+        "loop-invariant Q operand descriptors (36 / 32 per step), hoisted out of the loop beside the 128-register "
+        "accumulator and reloaded there: 1-18 LDL per step of ~2,100 SASS instructions. BLOCK_N 32 spills "
+        "nothing but halves the QK wgmma's N per warpgroup (m64n16: Q read from shared memory per 16x16x64 "
+        "block) and issues ~25% more instructions per entry. Ratio 1.00: P @ V once and QK once. The scores "
+        "are computed one step ahead (_sparse_decode_steps), so that the QK dot feeds no dot in its own "
+        "iteration: for a chained dot Triton 3.9 puts all 8 warps on M, which 64 rows fill only once, and both "
+        "warpgroups computed QK (ratio 1.53 / 1.50, 496-704 B of spill before).",
     ),
     "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
     "sparse_prefill": Budget(
@@ -43,17 +46,22 @@ SM90_BUDGETS = {
         "(2 x 576 + 512) / 1088, QK by both warpgroups as in sparse decode, and 128 / 40 B of spill).",
     ),
     "dense_decode.split": Budget(
-        24, ("wgmma", "mma.sync"), 1.005,
-        "64-row wgmma tiles where a KV head has >= 64 query rows (mma.sync at 16 rows, ratio 1.00 there too): "
-        "24 B of spill (0 B causal). Ratio 1.00: QK once, scores one step ahead as sparse prefill (before: 1.53).",
+        24, ("wgmma",), 1.005,
+        "64-row wgmma tiles where a KV head has >= 64 query rows: 16-24 B of spill, none inside the loop (its "
+        "softmax and P @ V before the next scores; 1 LDL per step with the scores first); at <= 16 rows the "
+        "keys first (S^T = K Q^T, O^T = V^T P^T: 64 keys as wgmma's M, m64n16k16; 0 B of spill, 229 registers; "
+        "mma.sync 16-row tiles before). Ratio 1.00: QK once, scores one step ahead as sparse prefill (before: 1.53).",
     ),
     "dense_decode.combine": Budget(0, (), None, "no tensor-core work"),
     "mha_prefill.fwd": Budget(0, ("wgmma",), 1.005, "128 x 64 tiles, 224 registers; ratio (192 + 128) / 320"),
     "mha_prefill.bwd_preprocess": Budget(0, (), None, "no tensor-core work: rowsum(dout * out)"),
     "mha_prefill.bwd_dkdv": Budget(
-        0, ("mma.sync",), 0.805,
-        "64 x 32 tiles: the 32 keys owned by a program are below wgmma's M of 64, so mma.sync (177 "
-        "registers). Ratio against the backward's 2.5x forward count: S, dP, dV, dK = 640 / 800.",
+        80, ("wgmma",), 0.805,
+        "64 query rows x 32 keys, dims first (dK^T, dV^T accumulators: every product has the dims or the 64 "
+        "query rows as its M, not the 32 keys; mma.sync before), 4 warps: 255 registers, 80 B of spill, all "
+        "of it loop-invariant values saved and reloaded between the query loops (0 LDL/STL inside them); "
+        "8 warps spill nothing but both warpgroups compute S and dP (ratio 1.20). Ratio against the "
+        "backward's 2.5x forward count: S, dP, dV, dK = 640 / 800.",
     ),
     "mha_prefill.bwd_dq": Budget(
         48, ("wgmma",), 0.645,
@@ -68,10 +76,11 @@ SM90_BUDGETS = {
 SM90_BUDGETS_HI_LO = {
     **SM90_BUDGETS,
     "sparse_decode.split": Budget(
-        160, ("wgmma",), 1.505,
-        "BLOCK_N 32 (not re-measured at 64 since the chunked dequant: V32 148,480 B, MODEL1 126,976 B now); "
-        "255 registers: the [64, 512] f32 accumulator (four 128-column chunks) plus the carried scores; V32 "
-        "spills 48 B, MODEL1 24-160 B over every batch size (224 B before the 128-dim chunks). "
+        16, ("wgmma",), 1.505,
+        "BLOCK_N 32 (V32 148,480 B, MODEL1 126,976 B of shared memory; at 64 it fits, 223,232 / 188,416 B, but "
+        "spills 104-192 B with 24-46 LDL per step: the doubled P operands); 247-255 registers: the [64, 512] f32 accumulator (four 128-column chunks) plus the "
+        "carried scores; 0-16 B of spill over every batch size, none inside the loop (24-160 B with the scores "
+        "computed before P @ V, 224 B before the 128-dim chunks). "
         "Ratio 1.47 (V32) / 1.50 (MODEL1): QK once (scores one step ahead), P @ V twice (p_hi + p_lo).",
     ),
     "sparse_prefill": Budget(
@@ -86,8 +95,9 @@ SM90_BUDGETS_HI_LO = {
     ),
     "mha_prefill.fwd": Budget(0, ("wgmma",), 1.405, "ratio (192 + 2 x 128) / 320: P @ V twice (hi + lo)"),
     "mha_prefill.bwd_dkdv": Budget(
-        32, ("mma.sync",), 1.205,
-        "64 x 32 tiles, mma.sync as in the default build; S, dP, dV (hi + lo), dK (hi + lo) = 960 / 800.",
+        72, ("wgmma",), 1.205,
+        "64 x 32 tiles, dims first as in the default build (72 B of spill, between the loops); "
+        "S, dP, dV (hi + lo), dK (hi + lo) = 960 / 800.",
     ),
     "mha_prefill.bwd_dq": Budget(
         56, ("wgmma",), 0.885,

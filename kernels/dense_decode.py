@@ -33,7 +33,7 @@ from ._options import p_split
 from ._splits import slots, whole_wave_splits
 from ._launch import KernelLaunch, run_all
 from ._targets import INTERPRETER, GpuTarget, target_of_device
-from ._unchained_qk import qk_scores
+from ._unchained_qk import dot_f32, qk_scores
 
 D_V = 512  # head_dim_v, and the first (power-of-two) piece of K
 D_ROPE = 64  # the second piece of K when d == 576
@@ -53,6 +53,31 @@ def _step_tokens(i, start, end, bt_row, stride_btn, k_head, stride_kn, stride_kp
     blk = tl.load(bt_row + (t // page_block_size) * stride_btn, mask=t_ok, other=0)
     slot = tl.where(t_ok, blk, 0).to(tl.int64) * stride_kn + (t % page_block_size) * stride_kp
     return t, t_ok, k_head + slot[:, None]
+
+
+@triton.jit
+def _step_keys(k_row, t_ok, stride_kd, HAS_ROPE: tl.constexpr, DV: tl.constexpr, DR: tl.constexpr):
+    """(K[:, :512], K[:, 512:576]) of a step's key rows [BLOCK_N, 1] (the second is the first when d == 512)."""
+    k_main = tl.load(k_row + tl.arange(0, DV)[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
+    k_rope = k_main  # d == 512: no second piece; unused
+    if HAS_ROPE:
+        k_rope = tl.load(k_row + (DV + tl.arange(0, DR))[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
+    return k_main, k_rope
+
+
+@triton.jit
+def _online_softmax_step_keys_first(acc_t, m_i, l_i, scores_t, v, UPCAST: tl.constexpr):
+    """`_online_softmax_step` on transposed tiles: scores_t [N, M] (keys by rows, -inf where masked),
+    acc_t [512, M]; the same natural-log online softmax, reduced over axis 0. acc_t += v^T @ p^T, with
+    p rounded to 16 bits once, as `_dot_pv` rounds it (hi + lo P takes the rows-first tiles: 232 B of
+    spill here on sm_90)."""
+    m_new = tl.maximum(m_i, tl.max(scores_t, axis=0))
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing: shift by 0
+    alpha = tl.exp(m_i - m_shift)
+    p_t = tl.exp(scores_t - m_shift[None, :])
+    l_i = l_i * alpha + tl.sum(p_t, axis=0)
+    p_hi = _round(p_t, v.dtype, UPCAST)
+    return acc_t * alpha[None, :] + dot_f32(tl.trans(v), p_hi, UPCAST), m_new, l_i
 
 
 @triton.jit
@@ -83,9 +108,11 @@ def _dense_decode_split_kernel(
     UPCAST: tl.constexpr,  # interpreted launch: dot on float32 copies (see _dot)
     P_SPLIT: tl.constexpr,  # P @ V with P as hi + lo 16-bit terms (mlaverify.kernels._options)
     QK_AHEAD: tl.constexpr,  # 1: scores one step ahead of the softmax (see the loop), 0: in step
+    KEYS_FIRST: tl.constexpr,  # transposed products: S^T = K Q^T, O^T = V^T P^T (the keys fill the M of the MMA)
 ):
     tl.static_assert(BLOCK_M >= 16)  # tl.dot needs >= 16 rows when compiled
     tl.static_assert(BLOCK_N >= 16)
+    tl.static_assert(not (KEYS_FIRST and (P_SPLIT or QK_AHEAD)), "keys first: one rounding of P, scores in step")
     # One grid axis, (KV head, row tile) fastest: the row tiles of one (sequence, split) run side by
     # side and read the same keys, so KV comes from HBM about once (L2 serves the other tiles).
     n_row_tiles = tl.cdiv(rows, BLOCK_M)
@@ -128,27 +155,42 @@ def _dense_decode_split_kernel(
         # i does all of step i.
         bt_row = bt_ptr + seq * stride_btb
         k_head = k_ptr + kvh * stride_kh
-        scores = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)  # step -1
-        for i in range(0, tl.cdiv(tl.maximum(end - start, 0), BLOCK_N) + QK_AHEAD):
-            t, t_ok, k_row = _step_tokens(i, start, end, bt_row, stride_btn, k_head, stride_kn, stride_kp,
-                                          page_block_size, BLOCK_N)
-            k_main = tl.load(k_row + offs_v[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
-            k_rope = k_main  # d == 512: no second piece; unused
-            if HAS_ROPE:
-                k_rope = tl.load(k_row + (DV + offs_r)[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
-            s_next = qk_scores(q_main, q_rope, k_main, k_rope, HAS_ROPE, QK_AHEAD, UPCAST)  # [BLOCK_M, BLOCK_N]
-            visible = t_ok[None, :] & (t[None, :] < limit[:, None])
-            s_next = tl.where(visible, s_next * sm_scale, float("-inf"))
-
-            v = k_main  # V = K[:, :512]
-            if QK_AHEAD:
-                t, t_ok, k_row = _step_tokens(i - 1, start, end, bt_row, stride_btn, k_head, stride_kn,
-                                              stride_kp, page_block_size, BLOCK_N)
-                v = tl.load(k_row + offs_v[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
-            else:
-                scores = s_next
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST, P_SPLIT)
-            scores = s_next
+        if KEYS_FIRST:
+            # Few query rows (<= 16): wgmma's M is 64, so the 64 keys of a step take the M of both products
+            # and the rows the N (swap AB): S^T [BLOCK_N, BLOCK_M] = K Q^T and O^T [512, BLOCK_M] += V^T P^T,
+            # one warpgroup, wgmma instead of 16-row mma.sync tiles. The same sums, transposed.
+            acc_t = tl.zeros([DV, BLOCK_M], tl.float32)
+            # Q^T formed once, before the loop: transposed inside it, its shared-memory copy was rebuilt
+            # from registers every step (Triton 3.9 hoists a loop-invariant dot operand, not its transpose)
+            q_main_t = tl.trans(q_main)
+            q_rope_t = tl.trans(q_rope)
+            for i in range(0, tl.cdiv(tl.maximum(end - start, 0), BLOCK_N)):
+                t, t_ok, k_row = _step_tokens(i, start, end, bt_row, stride_btn, k_head, stride_kn, stride_kp,
+                                              page_block_size, BLOCK_N)
+                k_main, k_rope = _step_keys(k_row, t_ok, stride_kd, HAS_ROPE, DV, DR)
+                s_t = dot_f32(k_main, q_main_t, UPCAST)  # [BLOCK_N, BLOCK_M]
+                if HAS_ROPE:
+                    s_t += dot_f32(k_rope, q_rope_t, UPCAST)
+                visible = t_ok[:, None] & (t[:, None] < limit[None, :])
+                s_t = tl.where(visible, s_t * sm_scale, float("-inf"))
+                acc_t, m_i, l_i = _online_softmax_step_keys_first(acc_t, m_i, l_i, s_t, k_main, UPCAST)
+            acc = tl.trans(acc_t)
+        else:
+            scores = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)  # step -1
+            for i in range(0, tl.cdiv(tl.maximum(end - start, 0), BLOCK_N) + QK_AHEAD):
+                if QK_AHEAD:  # step i - 1 first: the softmax of the carried scores and P @ V, its keys again as V
+                    t, t_ok, k_row = _step_tokens(i - 1, start, end, bt_row, stride_btn, k_head, stride_kn,
+                                                  stride_kp, page_block_size, BLOCK_N)
+                    v = tl.load(k_row + offs_v[None, :] * stride_kd, mask=t_ok[:, None], other=0.0)
+                    acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, v, UPCAST, P_SPLIT)
+                t, t_ok, k_row = _step_tokens(i, start, end, bt_row, stride_btn, k_head, stride_kn, stride_kp,
+                                              page_block_size, BLOCK_N)
+                k_main, k_rope = _step_keys(k_row, t_ok, stride_kd, HAS_ROPE, DV, DR)
+                s_next = qk_scores(q_main, q_rope, k_main, k_rope, HAS_ROPE, QK_AHEAD, UPCAST)  # [BLOCK_M, BLOCK_N]
+                visible = t_ok[None, :] & (t[None, :] < limit[:, None])
+                scores = tl.where(visible, s_next * sm_scale, float("-inf"))
+                if not QK_AHEAD:  # V = K[:, :512]
+                    acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, scores, k_main, UPCAST, P_SPLIT)
 
         seen = l_i > 0.0
         l_safe = tl.where(seen, l_i, 1.0)
@@ -241,6 +283,9 @@ class DenseDecodeTiles:
     # second warpgroup from computing QK again; on mma.sync tiles it saves no MMA and costs registers
     # (the keys of a step are loaded twice), so off by default
     qk_ahead: bool = False
+    # transposed products (S^T = K Q^T, O^T = V^T P^T): BLOCK_N keys as the MMA's M, for tiles of too few
+    # query rows to fill wgmma's M of 64
+    keys_first: bool = False
 
 
 # Compiled for sm_90 with P as hi + lo: a [BLOCK_M, 512] f32 accumulator with 32-token K tiles compiles
@@ -254,6 +299,13 @@ COMPILED_TILES = DenseDecodeTiles(32, 32, 8, 2, 16, smem_sm90=75776)
 ONE_ROUNDING_TILES = DenseDecodeTiles(64, 32, 8, 2, 16, smem_sm90=217088, qk_ahead=True)
 
 
+# At most 16 query rows per KV head: keys first (S^T = K Q^T, O^T = V^T P^T), so that the 64 keys of a
+# step fill wgmma's M of 64 and one warpgroup issues m64n16k16 (the 16-row tile above is mma.sync: wgmma
+# needs 64 rows, and padding 16 rows to 64 would issue 4x the counted work). sm_90: 229 registers, 0 B of
+# spill, 167,936 B of shared memory (two stages of [64, 576] keys), one block per SM.
+KEYS_FIRST_TILES = DenseDecodeTiles(16, 64, 4, 2, 16, smem_sm90=167936, keys_first=True)
+
+
 def launch_tiles(rows: int, target: GpuTarget, split_p: bool | None = None) -> DenseDecodeTiles:
     """Tiles for this many query rows per KV head on `target`; ValueError when none fits its shared memory.
 
@@ -263,9 +315,11 @@ def launch_tiles(rows: int, target: GpuTarget, split_p: bool | None = None) -> D
     if target is INTERPRETER:
         # the interpreter pays per operation, not per element: few large programs are fastest
         # scores one step ahead, as the default compiled build (bit-identical results either way)
+        if rows <= 16 and not split_p:  # the compiled tile's transposed products
+            return DenseDecodeTiles(16, 64, 4, 1, 64, 0, keys_first=True)
         return DenseDecodeTiles(max(16, min(64, triton.next_power_of_2(rows))), 64, 4, 1, 64, 0, qk_ahead=True)
     if rows <= 16:
-        candidates = (COMPILED_TILES_FEW_ROWS,)
+        candidates = (COMPILED_TILES_FEW_ROWS,) if split_p else (KEYS_FIRST_TILES, COMPILED_TILES_FEW_ROWS)
     elif rows >= 64 and not split_p:
         candidates = (ONE_ROUNDING_TILES, COMPILED_TILES, COMPILED_TILES_FEW_ROWS)
     else:
@@ -314,7 +368,7 @@ def dense_decode_plan(q, k_cache, block_table, cache_seqlens, softmax_scale, cau
          block_table.stride(0), block_table.stride(1)),
         dict(CAUSAL=bool(causal), HAS_ROPE=d == D_V + D_ROPE, DV=D_V, DR=D_ROPE,
              BLOCK_M=t.block_m, BLOCK_N=t.block_n, UPCAST=interpreted, P_SPLIT=split_p,
-             QK_AHEAD=int(t.qk_ahead)),
+             QK_AHEAD=int(t.qk_ahead), KEYS_FIRST=int(t.keys_first)),
         t.num_warps, t.num_stages,
     )
     combine = KernelLaunch(

@@ -59,9 +59,10 @@ class _Tiles:
 # d_qk = 192, not yet from timings on a GPU. Interpreter: 16 x 16 tiles so that tiny test shapes
 # still cross several blocks, diagonal blocks and partial blocks.
 # dq at 128 query rows: each warpgroup owns 64 rows (at 64 rows both ran the whole tile): 56 B of spill
-# instead of 176, issued/counted tensor work 0.88 instead of 1.52. dk/dv at 128 keys would use wgmma but
-# spill 616 B (hi + lo dS), so it stays at 32 keys and mma.sync.
-_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2, 131072), "dkdv": _Tiles(64, 32, 8, 2, 66048),
+# instead of 176, issued/counted tensor work 0.88 instead of 1.52. dk/dv: 32 keys per program with its
+# products dims first (_mha_prefill_bwd: M = the dims or the 64 query rows, wgmma), one warpgroup (with two,
+# both computed S and dP); at 128 keys it spilled 616 B (hi + lo dS).
+_GPU_TILES = {"fwd": _Tiles(128, 64, 8, 2, 131072), "dkdv": _Tiles(64, 32, 4, 2, 107520),
               "dq": _Tiles(128, 64, 8, 2, 163840)}
 _INTERPRETER_TILES = _Tiles(16, 16, 1, 1)
 

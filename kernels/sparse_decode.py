@@ -62,6 +62,17 @@ def _chunk(length, split, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _split_has_entries(length, x_length, split, num_splits, HAS_EXTRA: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Whether split `split` (a scalar or a vector of splits) holds an entry of the main or the extra list."""
+    start, end = _chunk(length, split, num_splits, BLOCK_N)
+    has = start < end
+    if HAS_EXTRA:
+        x_start, x_end = _chunk(x_length, split, num_splits, BLOCK_N)
+        has = has | (x_start < x_end)
+    return has
+
+
+@triton.jit
 def _sparse_decode_split_kernel(
     q_ptr, stride_qb, stride_qs, stride_qh,  # q [b, s_q, h_q, d_qk] bf16, last dim contiguous
     cache_ptr, stride_cache, page_block,  # main cache as uint8 bytes; block stride (bytes); B
@@ -91,18 +102,6 @@ def _sparse_decode_split_kernel(
     head_ok = heads < h_q  # padded heads compute on zeros and are never stored
     dims = tl.arange(0, CHUNK_V)  # one 128-dim chunk of the query, the keys and the output
 
-    # Query pieces, loaded once: dims [0, 512) as four chunks and (V32) [512, 576).
-    q_row = q_ptr + i.to(tl.int64) * stride_qb + j.to(tl.int64) * stride_qs + heads[:, None] * stride_qh
-    q0 = bf16_operand(tl.load(q_row + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
-    q1 = bf16_operand(tl.load(q_row + CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
-    q2 = bf16_operand(tl.load(q_row + 2 * CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
-    q3 = bf16_operand(tl.load(q_row + 3 * CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
-    if IS_MODEL1:
-        q_b = q0  # MODEL1 has no second piece; unused
-    else:
-        rope = tl.arange(0, D_ROPE)
-        q_b = bf16_operand(tl.load(q_row + D_V + rope[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
-
     length = topk
     if HAS_LEN:
         length = tl.load(len_ptr + i)
@@ -117,6 +116,22 @@ def _sparse_decode_split_kernel(
             x_length = tl.load(x_len_ptr + i)
         x_start, x_end = _chunk(x_length, split, num_splits, BLOCK_N)
         x_row = x_idx_ptr + i.to(tl.int64) * stride_xb + j.to(tl.int64) * stride_xs
+    if not FINAL:  # a split with no entry in either list loads nothing and writes nothing (combine skips it)
+        if (start >= end) & (x_start >= x_end):
+            return
+
+    # Query pieces, loaded once: dims [0, 512) as four chunks and (V32) [512, 576).
+    q_row = q_ptr + i.to(tl.int64) * stride_qb + j.to(tl.int64) * stride_qs + heads[:, None] * stride_qh
+    q0 = bf16_operand(tl.load(q_row + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q1 = bf16_operand(tl.load(q_row + CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q2 = bf16_operand(tl.load(q_row + 2 * CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    q3 = bf16_operand(tl.load(q_row + 3 * CHUNK_V + dims[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+    if IS_MODEL1:
+        q_b = q0  # MODEL1 has no second piece; unused
+    else:
+        rope = tl.arange(0, D_ROPE)
+        q_b = bf16_operand(tl.load(q_row + D_V + rope[None, :], mask=head_ok[:, None], other=0.0), INTERPRET)
+
     acc0, acc1, acc2, acc3, m_i, l_i = attend_lists(
         q0, q1, q2, q3, q_b, start, end, x_start, x_end, idx_row, stride_it, x_row, stride_xt,
         cache_ptr, stride_cache, page_block, x_cache_ptr, stride_x_cache, x_page_block,
@@ -161,8 +176,11 @@ def _sparse_decode_combine_kernel(
     part_out_ptr, part_lse_ptr,  # [rows, splits, h_q, 512] f32, [rows, splits, h_q] f32 (-inf: empty)
     sink_ptr,  # attn_sink [h_q] f32 (when HAS_SINK)
     out_ptr, lse_ptr,  # out [b, s_q, h_q, 512] bf16, lse [b, h_q, s_q] f32
+    len_ptr, topk, x_len_ptr, x_topk,  # the lists' lengths, as the split kernel reads them
     s_q, h_q, num_splits,
-    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, INTERPRET: tl.constexpr,
+    HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_X_LEN: tl.constexpr,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     row = tl.program_id(0)
     i = row // s_q
@@ -171,9 +189,18 @@ def _sparse_decode_combine_kernel(
     head_ok = heads < h_q
     dims = tl.arange(0, D_V)
     splits = tl.arange(0, BLOCK_S)
+    length = i * 0 + topk  # a tensor even when topk comes as a Python int (interpreter)
+    if HAS_LEN:
+        length = tl.load(len_ptr + i)
+    x_length = length  # unused without an extra list
+    if HAS_EXTRA:
+        x_length = i * 0 + x_topk
+        if HAS_X_LEN:
+            x_length = tl.load(x_len_ptr + i)
+    used = (splits < num_splits) & _split_has_entries(length, x_length, splits, num_splits, HAS_EXTRA, BLOCK_N)
     base = row.to(tl.int64) * num_splits
     lse_ptrs = part_lse_ptr + (base + splits)[:, None] * h_q + heads[None, :]
-    parts = tl.load(lse_ptrs, mask=(splits < num_splits)[:, None] & head_ok[None, :], other=float("-inf"))
+    parts = tl.load(lse_ptrs, mask=used[:, None] & head_ok[None, :], other=float("-inf"))
     m = tl.max(parts, 0)  # [BLOCK_H]
     empty = m == float("-inf")
     m_use = tl.where(empty, 0.0, m)
@@ -182,9 +209,11 @@ def _sparse_decode_combine_kernel(
     acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
     for s in range(0, num_splits):  # fixed order: bit-identical runs
         slot = (base + s) * h_q + heads
-        part_lse = tl.load(part_lse_ptr + slot, mask=head_ok, other=float("-inf"))
+        # a split without entries wrote nothing: its slots are not read
+        use = tl.where(_split_has_entries(length, x_length, s, num_splits, HAS_EXTRA, BLOCK_N), head_ok, False)
+        part_lse = tl.load(part_lse_ptr + slot, mask=use, other=float("-inf"))
         weight = tl.where(empty, 0.0, tl.exp(part_lse - lse))  # empty split: exp(-inf) = 0
-        part = tl.load(part_out_ptr + slot[:, None] * D_V + dims[None, :], mask=head_ok[:, None], other=0.0)
+        part = tl.load(part_out_ptr + slot[:, None] * D_V + dims[None, :], mask=use[:, None], other=0.0)
         acc += weight[:, None] * part
     if HAS_SINK:
         acc = _apply_sink(acc, lse, empty, sink_ptr, heads, head_ok)
@@ -225,7 +254,7 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
     """
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
-    block_n = 32  # hi + lo P keeps 32-token steps (64 overflowed sm_90 before the chunked dequant; not re-measured)
+    block_n = 32  # hi + lo P keeps 32-token steps (at 64: 104-192 B of spill, 24-46 local loads per step on sm_90)
     if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
         raise ValueError(
             f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
@@ -276,7 +305,7 @@ SMEM_SM90 = {64: 148480, 32: 78848, 16: 59392}
 # 16 -> 22,528 / 20,480 both modes).
 SMEM_SM90_ONE_STAGE = {64: 110592, 32: 40960, 16: 22528}
 # BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 231,424 / MODEL1 196,608 B (with hi + lo
-# it would need more than sm_90's 232,448 B per block).
+# 223,232 / 188,416 B, but it spills: see choose_config).
 SMEM_SM90_ONE_ROUNDING_BN64 = 231424
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
 MIN_CAPABILITY = 89
@@ -382,9 +411,14 @@ def sparse_decode_plan(
         combine_h = min(16, cfg.block_h)
         launches.append(KernelLaunch(
             "sparse_decode.combine", _sparse_decode_combine_kernel, (b * s_q, triton.cdiv(h_q, combine_h)),
-            (part_out, part_lse, attn_sink if attn_sink is not None else lse, out, lse, s_q, h_q, cfg.num_splits),
-            dict(HAS_SINK=attn_sink is not None, BLOCK_H=combine_h,
-                 BLOCK_S=max(2, triton.next_power_of_2(cfg.num_splits)), INTERPRET=interpreted),
+            (part_out, part_lse, attn_sink if attn_sink is not None else lse, out, lse,
+             topk_length if topk_length is not None else indices, shapes.topk,
+             extra_topk_length if extra_topk_length is not None else x_idx, shapes.extra_topk,
+             s_q, h_q, cfg.num_splits),
+            dict(HAS_LEN=topk_length is not None, HAS_EXTRA=has_extra, HAS_X_LEN=extra_topk_length is not None,
+                 HAS_SINK=attn_sink is not None, BLOCK_H=combine_h,
+                 BLOCK_S=max(2, triton.next_power_of_2(cfg.num_splits)), BLOCK_N=cfg.block_n,
+                 INTERPRET=interpreted),
             None if interpreted else 4, None,
         ))
     return launches, (out, lse)

@@ -358,16 +358,24 @@ def mha_prefill_backward_reference(dout, q, k, v, cu_seqlens_qo, cu_seqlens_kv, 
         return _backward(dout, q, k, v, shapes, scale, mask, dtype, p_dtype)
 
 
-def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,
-                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
-                           window_size=(-1, -1)):
-    """FlashMLA's API: (out in q's dtype [total_q, h_q, d_v], lse float32 [total_q, h_q]); differentiable."""
+def varlen_attention(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p, softmax_scale,
+                     causal, deterministic, is_varlen, window_size, p_dtype=None):
+    """`flash_attn_varlen_func`'s checks and differentiable call, P (and dS) rounded to ``p_dtype`` when
+    given (the numerics emulation); None keeps them unrounded (the reference)."""
     check_mha_options(dropout_p, softmax_scale, causal, deterministic, is_varlen)
     mask = check_window_size(window_size, causal)
     shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
                                       is_varlen=is_varlen)
     scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
-    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, torch.float32, q.dtype)
+    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, torch.float32, q.dtype, p_dtype)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p=0.0,
+                           softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
+                           window_size=(-1, -1)):
+    """FlashMLA's API: (out in q's dtype [total_q, h_q, d_v], lse float32 [total_q, h_q]); differentiable."""
+    return varlen_attention(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p,
+                            softmax_scale, causal, deterministic, is_varlen, window_size)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, head_dim_qk, dropout_p=0.0, softmax_scale=None,

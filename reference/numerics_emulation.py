@@ -22,8 +22,7 @@ import torch
 
 from .api import FlashMLASchedMeta, check_call, get_mla_metadata
 from .dense_decode import dense_decode_reference
-from .mha_prefill import (_ReferenceAttention, check_mha_options, check_mha_prefill_inputs, check_window_size,
-                          resolve_softmax_scale)
+from .mha_prefill import varlen_attention
 from .sparse_decode import sparse_decode_reference
 from .sparse_prefill import sparse_prefill_reference
 
@@ -64,9 +63,5 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo,
                            softmax_scale=None, causal=False, deterministic=False, is_varlen=True, *,
                            window_size=(-1, -1)):
     """Dense MHA prefill (differentiable) as the reference's, P (and dS in the backward) in q's dtype."""
-    check_mha_options(dropout_p, softmax_scale, causal, deterministic, is_varlen)
-    mask = check_window_size(window_size, causal)
-    shapes = check_mha_prefill_inputs(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv,
-                                      is_varlen=is_varlen)
-    scale = resolve_softmax_scale(softmax_scale, shapes.d_qk)
-    return _ReferenceAttention.apply(q, k, v, shapes, scale, mask, torch.float32, q.dtype, q.dtype)
+    return varlen_attention(q, k, v, cu_seqlens_qo, cu_seqlens_kv, max_seqlen_qo, max_seqlen_kv, dropout_p,
+                            softmax_scale, causal, deterministic, is_varlen, window_size, p_dtype=q.dtype)

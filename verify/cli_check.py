@@ -241,7 +241,8 @@ def _load_or_abort(args, out: TextIO) -> Implementation:
         raise
 
 
-def check_command(args, out: TextIO, err: TextIO) -> int:
+def _run_and_summarize(args, out: TextIO, err: TextIO) -> CheckOutput:
+    """check's and baseline's run: load the implementation, run the cases, write the reports, summarize."""
     validate_run_options(args)
     impl = _load_or_abort(args, out)
     try:
@@ -250,6 +251,11 @@ def check_command(args, out: TextIO, err: TextIO) -> int:
     finally:
         impl.close()
     print_summary(result, out)
+    return result
+
+
+def check_command(args, out: TextIO, err: TextIO) -> int:
+    result = _run_and_summarize(args, out, err)
     print_coverage(result.report, out)
     return exit_code(result.report, args.allow_skips, args.allow_empty)
 
@@ -302,15 +308,7 @@ def gate_command(args, out: TextIO, err: TextIO) -> int:
 
 
 def baseline_command(args, out: TextIO, err: TextIO) -> int:
-    validate_run_options(args)
-    impl = _load_or_abort(args, out)
-    try:
-        result = execute_check(args, impl, err=err)
-        _finish(args, impl, result, err)
-    finally:
-        impl.close()
-    print_summary(result, out)
-    report = result.report
+    report = _run_and_summarize(args, out, err).report
     code = exit_code(report, allow_skips=False, allow_empty=False)
     if code == EXIT_INTERRUPTED:
         print("baseline: not written: the run was interrupted", file=out)

@@ -55,6 +55,9 @@ CASES = [
     Case((90, 3), 4, 9, 3, 576, 7, causal=True, split_tokens=64, strided=True),
     Case((200,), 1, 3, 1, 512, 64, split_tokens=64, strided=True),  # h_q not a power of two
     Case((64, 129, 33), 2, 4, 2, 576, 64, dtype=torch.float16, causal=True),
+    # more than 16 query rows per KV head: the rows-first loop (the cases above take the keys-first one)
+    Case((100, 260), 2, 32, 2, 576, 16, causal=True, split_tokens=128),
+    Case((70,), 1, 64, 1, 512, 64),
 ]
 
 
@@ -206,7 +209,7 @@ def test_scores_one_step_ahead_change_no_bit(p_split, monkeypatch):
     from mlaverify.kernels.dense_decode import dense_decode_plan
 
     monkeypatch.setenv("MLAVERIFY_P_SPLIT", p_split)
-    case = Case((300, 150), 2, 8, 2, 576, 16, causal=True)
+    case = Case((300, 150), 2, 32, 2, 576, 16, causal=True)  # 32 rows per KV head: rows first
     q, k, table, lens = make_inputs(case, seed=23)
     results = []
     for ahead in (0, 1):
@@ -215,3 +218,42 @@ def test_scores_one_step_ahead_change_no_bit(p_split, monkeypatch):
         run_all([dataclasses.replace(split, constexprs={**split.constexprs, "QK_AHEAD": ahead}), combine])
         results.append(outputs)
     assert all(bits_equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("rows,keys_first", [(1, True), (16, True), (17, False), (64, False)])
+def test_keys_first_for_at_most_16_rows(rows, keys_first):
+    """At most 16 query rows per KV head: the transposed products, in the interpreter as on sm_90 (where
+    the 64 keys of a step fill wgmma's M); more rows: the rows-first tiles."""
+    from mlaverify.kernels._targets import INTERPRETER, get_target
+    from mlaverify.kernels.dense_decode import launch_tiles
+
+    for target in (INTERPRETER, get_target("sm_90")):
+        tiles = launch_tiles(rows, target, split_p=False)
+        assert tiles.keys_first is keys_first, (target.name, tiles)
+        if keys_first:
+            assert tiles.block_n == 64 and tiles.block_m == 16 and not tiles.qk_ahead
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+def test_keys_first_and_rows_first_agree(causal):
+    """The transposed products (KEYS_FIRST) and the rows-first loop on the same launch: the same sums
+    in another order, so float32 results within a few ulp and bf16 outputs within one rounding step
+    (a float32 difference can cross a bf16 rounding boundary), and the same empty rows."""
+    from mlaverify.kernels._launch import run_all
+    from mlaverify.kernels._targets import INTERPRETER
+    from mlaverify.kernels.dense_decode import dense_decode_plan
+
+    case = Case((300, 0, 45), 2, 8, 1, 576, 16, causal=causal)
+    q, k, table, lens = make_inputs(case, seed=29)
+    results = []
+    for keys_first in (1, 0):
+        (split, combine), outputs = dense_decode_plan(q, k, table, lens, None, causal, INTERPRETER, split_tokens=128)
+        assert split.constexprs["KEYS_FIRST"] == 1  # 16 rows: the interpreter's own choice
+        run_all([dataclasses.replace(split, constexprs={**split.constexprs, "KEYS_FIRST": keys_first}), combine])
+        results.append(outputs)
+    (out_t, lse_t), (out_r, lse_r) = results
+    assert torch.equal(torch.isinf(lse_t), torch.isinf(lse_r)) and torch.isinf(lse_t).any()
+    finite = torch.isfinite(lse_r)
+    torch.testing.assert_close(lse_t[finite], lse_r[finite], rtol=1e-6, atol=1e-6)
+    ulp = torch.finfo(torch.bfloat16).eps * out_r.float().abs().clamp_min(2.0**-126)
+    assert ((out_t.float() - out_r.float()).abs() <= ulp).all()

@@ -187,6 +187,45 @@ def test_rows_without_valid_entries_give_zero_and_inf():
     assert bool(torch.isposinf(lse[0, :, 0]).all())
 
 
+def test_splits_without_entries_write_nothing_and_the_combine_skips_them(monkeypatch):
+    """A split whose share of both lists is empty (short topk_length) exits before loading the query: its
+    partial slots keep what was there before (NaN here) and the combine does not read them."""
+    import mlaverify.kernels.sparse_decode as sd
+
+    seen = {}
+
+    def poisoned_run_all(launches):
+        split, combine = launches
+        part_out, part_lse = combine.args[0], combine.args[1]  # the partial buffers the split kernel writes
+        part_out.fill_(float("nan"))
+        part_lse.fill_(float("nan"))
+        seen.update(part_lse=part_lse, constexprs=split.constexprs)
+        real_run_all(launches)
+
+    real_run_all = sd.run_all
+    monkeypatch.setattr(sd, "run_all", poisoned_run_all)
+    case = Case(M1, 16, ListSpec(300, 64, 8, "mixed"), ListSpec(40, 2, 30, "mixed"), b=3, s_q=1, seed=11)
+    args = build(case)
+    out, lse = sparse_decode(**args, num_splits=4)
+    assert_close_to_reference(args, out, lse)
+    assert seen["constexprs"]["FINAL"] is False
+    block_n = seen["constexprs"]["BLOCK_N"]
+    lengths, x_lengths = args["topk_length"].tolist(), args["extra_topk_length"].tolist()
+    written = ~torch.isnan(seen["part_lse"])  # [rows, splits, h_q]
+
+    def has_share(n, split):  # the kernel's cut of n entries in 4 splits of whole BLOCK_N steps
+        chunk = -(-(-(-n // 4)) // block_n) * block_n
+        return min(split * chunk, n) < min(split * chunk + chunk, n)
+
+    skipped = 0
+    for i in range(case.b):
+        for split in range(4):
+            has = has_share(lengths[i], split) or has_share(x_lengths[i], split)
+            assert bool(written[i, split].all()) == has and bool(written[i, split].any()) == has, (i, split)
+            skipped += not has
+    assert skipped > 0  # the case holds such splits
+
+
 @pytest.mark.parametrize("num_splits", [1, 3], ids=["splits1", "splits3"])
 def test_repeated_runs_are_bit_identical(num_splits):
     args = build(Case(V32, 16, ListSpec(100, 61, 3, "mixed"), sink=True, seed=3))
