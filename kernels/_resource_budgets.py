@@ -28,12 +28,14 @@ SM90_BUDGETS = {
     "sparse_decode.split": Budget(
         120, ("wgmma",), 1.005,
         "64 heads x BLOCK_N 64, two stages (V32 231,424 B, MODEL1 196,608 B of shared memory); 255 registers, "
-        "V32 56-120 B, MODEL1 24-48 B of spill over every batch size (-m slow sweep; 96-232 B with the scores "
+        "V32 48-120 B, MODEL1 24-48 B of spill over every batch size, the upper end where one split per row "
+        "writes the bf16 output itself (FINAL; two splits of the same shape: 48 / 24 B) (-m slow sweep; "
+        "96-232 B with the scores "
         "computed before P @ V in the iteration, 400 B before the 128-dim chunks): what spills is the QK dots' "
         "loop-invariant Q operand descriptors (36 / 32 per step), hoisted out of the loop beside the 128-register "
-        "accumulator and reloaded there: 1-18 LDL per step of ~2,100 SASS instructions. BLOCK_N 32 spills "
-        "nothing but halves the QK wgmma's N per warpgroup (m64n16: Q read from shared memory per 16x16x64 "
-        "block) and issues ~25% more instructions per entry. Ratio 1.00: P @ V once and QK once. The scores "
+        "accumulator and reloaded there: 0-18 LDL per step of ~2,100 SASS instructions. BLOCK_N 32 spills "
+        "nothing but halves the QK wgmma's N per warpgroup (m64n16: each Q tile read from shared memory for half "
+        "the work) and issues ~25% more instructions per entry. Ratio 1.00: P @ V once and QK once. The scores "
         "are computed one step ahead (_sparse_decode_steps), so that the QK dot feeds no dot in its own "
         "iteration: for a chained dot Triton 3.9 puts all 8 warps on M, which 64 rows fill only once, and both "
         "warpgroups computed QK (ratio 1.53 / 1.50, 496-704 B of spill before).",
@@ -78,7 +80,8 @@ SM90_BUDGETS_HI_LO = {
     "sparse_decode.split": Budget(
         16, ("wgmma",), 1.505,
         "BLOCK_N 32 (V32 148,480 B, MODEL1 126,976 B of shared memory; at 64 it fits, 223,232 / 188,416 B, but "
-        "spills 104-192 B with 24-46 LDL per step: the doubled P operands); 247-255 registers: the [64, 512] f32 accumulator (four 128-column chunks) plus the "
+        "spills 104-192 B with 24-46 LDL per step: the doubled P operands); 247-255 registers: the [64, 512] "
+        "f32 accumulator (four 128-column chunks) plus the "
         "carried scores; 0-16 B of spill over every batch size, none inside the loop (24-160 B with the scores "
         "computed before P @ V, 224 B before the 128-dim chunks). "
         "Ratio 1.47 (V32) / 1.50 (MODEL1): QK once (scores one step ahead), P @ V twice (p_hi + p_lo).",

@@ -158,7 +158,7 @@ def attend_lists(
         acc3 = _p_at_v(p_hi, p_lo, v3, acc3 * alpha[:, None], SPLIT_P, BLOCK_N)
 
         # Step t: its scores, after step t - 1's P @ V so that they are not live across it (sm_90: 24-120 B
-        # of spill and 1-18 local loads per step instead of 96-232 B and 19-55 with the scores first).
+        # of spill and 0-18 local loads per step instead of 96-232 B and 19-55 with the scores first).
         pos, valid, cache, cache_stride, block = _step_entries(
             t, main_steps, start, end, x_start, x_end, idx_ptr, stride_it, x_idx_ptr, stride_xt,
             cache_ptr, stride_block, page_block, x_cache_ptr, stride_x_block, x_page_block, HAS_EXTRA, BLOCK_N,
