@@ -148,7 +148,6 @@ def _dense_decode_split_kernel(
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of scaled logits
         l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp(logit - m_i)
-        acc = tl.zeros([BLOCK_M, DV], tl.float32)  # running sum of exp(logit - m_i) * V
         # QK_AHEAD (kernels/_unchained_qk.py): iteration i computes the scores of step i and folds those
         # of step i - 1 (carried) into the softmax, with that step's keys loaded again as V; step -1 has no
         # token and leaves the state as initialised, the scores past `end` go unused. Otherwise iteration
@@ -159,7 +158,7 @@ def _dense_decode_split_kernel(
             # Few query rows (<= 16): wgmma's M is 64, so the 64 keys of a step take the M of both products
             # and the rows the N (swap AB): S^T [BLOCK_N, BLOCK_M] = K Q^T and O^T [512, BLOCK_M] += V^T P^T,
             # one warpgroup, wgmma instead of 16-row mma.sync tiles. The same sums, transposed.
-            acc_t = tl.zeros([DV, BLOCK_M], tl.float32)
+            acc_t = tl.zeros([DV, BLOCK_M], tl.float32)  # running sum of exp(logit - m_i) * V, transposed
             # Q^T formed once, before the loop: transposed inside it, its shared-memory copy was rebuilt
             # from registers every step (Triton 3.9 hoists a loop-invariant dot operand, not its transpose)
             q_main_t = tl.trans(q_main)
@@ -176,6 +175,7 @@ def _dense_decode_split_kernel(
                 acc_t, m_i, l_i = _online_softmax_step_keys_first(acc_t, m_i, l_i, s_t, k_main, UPCAST)
             acc = tl.trans(acc_t)
         else:
+            acc = tl.zeros([BLOCK_M, DV], tl.float32)  # running sum of exp(logit - m_i) * V
             scores = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)  # step -1
             for i in range(0, tl.cdiv(tl.maximum(end - start, 0), BLOCK_N) + QK_AHEAD):
                 if QK_AHEAD:  # step i - 1 first: the softmax of the carried scores and P @ V, its keys again as V

@@ -62,6 +62,23 @@ def _chunk(length, split, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _list_lengths(i, len_ptr, topk, x_len_ptr, x_topk, HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr,
+                  HAS_X_LEN: tl.constexpr):
+    """(entries of batch row i's main list, of its extra list): topk_length / extra_topk_length where
+    given, else the lists' widths; the extra length is the main one when there is no extra list (unused).
+    Tensors even where the widths come as Python ints (interpreter), so that masks built from them load."""
+    length = i * 0 + topk
+    if HAS_LEN:
+        length = tl.load(len_ptr + i)
+    x_length = length
+    if HAS_EXTRA:
+        x_length = i * 0 + x_topk
+        if HAS_X_LEN:
+            x_length = tl.load(x_len_ptr + i)
+    return length, x_length
+
+
+@triton.jit
 def _split_has_entries(length, x_length, split, num_splits, HAS_EXTRA: tl.constexpr, BLOCK_N: tl.constexpr):
     """Whether split `split` (a scalar or a vector of splits) holds an entry of the main or the extra list."""
     start, end = _chunk(length, split, num_splits, BLOCK_N)
@@ -102,18 +119,13 @@ def _sparse_decode_split_kernel(
     head_ok = heads < h_q  # padded heads compute on zeros and are never stored
     dims = tl.arange(0, CHUNK_V)  # one 128-dim chunk of the query, the keys and the output
 
-    length = topk
-    if HAS_LEN:
-        length = tl.load(len_ptr + i)
+    length, x_length = _list_lengths(i, len_ptr, topk, x_len_ptr, x_topk, HAS_LEN, HAS_EXTRA, HAS_X_LEN)
     start, end = _chunk(length, split, num_splits, BLOCK_N)
     idx_row = idx_ptr + i.to(tl.int64) * stride_ib + j.to(tl.int64) * stride_is
     x_start = start
     x_end = start
     x_row = idx_row
     if HAS_EXTRA:
-        x_length = x_topk
-        if HAS_X_LEN:
-            x_length = tl.load(x_len_ptr + i)
         x_start, x_end = _chunk(x_length, split, num_splits, BLOCK_N)
         x_row = x_idx_ptr + i.to(tl.int64) * stride_xb + j.to(tl.int64) * stride_xs
     if not FINAL:  # a split with no entry in either list loads nothing and writes nothing (combine skips it)
@@ -189,14 +201,7 @@ def _sparse_decode_combine_kernel(
     head_ok = heads < h_q
     dims = tl.arange(0, D_V)
     splits = tl.arange(0, BLOCK_S)
-    length = i * 0 + topk  # a tensor even when topk comes as a Python int (interpreter)
-    if HAS_LEN:
-        length = tl.load(len_ptr + i)
-    x_length = length  # unused without an extra list
-    if HAS_EXTRA:
-        x_length = i * 0 + x_topk
-        if HAS_X_LEN:
-            x_length = tl.load(x_len_ptr + i)
+    length, x_length = _list_lengths(i, len_ptr, topk, x_len_ptr, x_topk, HAS_LEN, HAS_EXTRA, HAS_X_LEN)
     used = (splits < num_splits) & _split_has_entries(length, x_length, splits, num_splits, HAS_EXTRA, BLOCK_N)
     base = row.to(tl.int64) * num_splits
     lse_ptrs = part_lse_ptr + (base + splits)[:, None] * h_q + heads[None, :]
