@@ -2,20 +2,24 @@
 
 A roofline fed with what ``mlaverify.kernels.inspect`` reads from the build, not a measurement:
 
-    launch with a main MMA loop:  t = max(t_tensor + t_exp + t_dequant, t_issue, t_memory) x ceil(waves) / waves
+    launch with a main MMA loop:  t = max(t_tensor + t_exp + t_dequant, t_issue, t_shared, t_memory) x ceil(waves) / waves
         t_tensor  = the op's counted FLOPs x (issued / counted) / (peak x the MMA kind's fraction)
         t_exp     = scores (query, key, head) x one exp2 each / (SMs x exp2 per SM per clock x clock)
         t_dequant = FP8 tokens dequantized (once per head tile) x cycles per token / (SMs x clock)
         t_issue   = main-loop iterations (counted FLOPs / counted per iteration) x SASS instructions per
                     iteration x warps / (SMs x 4 schedulers x clock): every instruction of the loop body
                     (dequantization, softmax, addresses, MMA issue, spill reloads) issued once per warp
+        t_shared  = main-loop iterations x shared-memory bytes per iteration (the PTX loop's ld/st.shared,
+                    ldmatrix/stmatrix, cp.async writes and the wgmma operands read from shared memory) /
+                    (SMs x 128 bytes per clock x clock): a wgmma with a narrow N re-reads its A tile
+                    for little work (m64n16k16: 2.5 KB per 32 K FLOPs, 2.5x what 128 B per clock feeds)
         t_memory  = (the op's bytes by the spec's formula + the launch's float32 partials) / bandwidth
     launch without MMA (split combine, backward preprocess): its float32 tensors / bandwidth
 
 Tensor-core work, the softmax's exponentials and dequantization add up: our kernels do them in
 the same warps, one after the other (no warp specialization, no ping-pong of warpgroups), while
 loads overlap them (cp.async stages). What it leaves
-out makes it optimistic: spills (a row that spills is flagged), latency that too
+out makes it optimistic: shared-memory bank conflicts, spills (a row that spills is flagged), latency that too
 few resident warps cannot hide, barriers, the softmax's other ALU work (max, sums, rescaling), L2 effects. The bytes
 formula counts every index as its own token (no position shared between the query tokens of a
 row): pessimistic for memory, which only bounds the memory-bound dense decode row. Use it to rank
@@ -41,6 +45,9 @@ MMA_SYNC_FRACTION_SM90 = 2 / 3
 DEQUANT_CYCLES_PER_TOKEN = 50.0
 # Warp schedulers per SM, each issuing at most one instruction per clock (sm_70 and later).
 SCHEDULERS_PER_SM = 4
+# Shared memory: 32 banks x 4 bytes per SM per clock (sm_70 through sm_100; 128 B x 132 SMs x 1.98 GHz =
+# the H200's ~33 TB/s), shared by every access of the block: loads, stores, cp.async writes, wgmma operands.
+SHARED_BYTES_PER_SM_PER_CLOCK = 128.0
 # exp2 (MUFU.EX2) throughput: 16 results per SM per clock on compute capability 8.x-10.0 (CUDA C++
 # Programming Guide, "Arithmetic Instructions" throughput table).
 EXP2_PER_SM_PER_CLOCK = 16.0
@@ -68,14 +75,15 @@ def launch_time(row: dict, work: dict, target: GpuTarget) -> tuple[float, str]:
         parts["dequant"] = work["fp8_tokens"] * tiles * DEQUANT_CYCLES_PER_TOKEN / sm_clocks
     compute = sum(parts.values())
     issue = _issue_time(row, work, sm_clocks)
+    shared = _shared_time(row, work, sm_clocks)
     memory = (work["bytes"] + partials) / bandwidth
-    if memory > max(compute, issue):
+    if memory > max(compute, issue, shared):
         bound = "memory"
-    elif issue > compute:
-        bound = "issue"
+    elif max(issue, shared) > compute:
+        bound = "issue" if issue >= shared else "shared memory"
     else:
         bound = "+".join(k for k, v in parts.items() if v >= 0.2 * compute)
-    compute = max(compute, issue)
+    compute = max(compute, issue, shared)
     waves = row.get("waves")
     quantized = math.ceil(waves) / waves if waves else 1.0
     return max(compute, memory) * quantized, bound
@@ -88,6 +96,14 @@ def _issue_time(row: dict, work: dict, sm_clocks: float) -> float:
         return 0.0
     iterations = work["flops"] / counted
     return iterations * loop["instructions"] * row["num_warps"] / (SCHEDULERS_PER_SM * sm_clocks)
+
+
+def _shared_time(row: dict, work: dict, sm_clocks: float) -> float:
+    """Seconds for the main loop's shared-memory traffic at 128 B per SM per clock (0 without a count)."""
+    main, counted = row.get("main_loop"), row.get("counted_flops")
+    if not main or not main.get("shared_bytes") or not counted:
+        return 0.0
+    return work["flops"] / counted * main["shared_bytes"] / (SHARED_BYTES_PER_SM_PER_CLOCK * sm_clocks)
 
 
 def estimate_cases(rows: list[dict], works: dict[str, dict], target: GpuTarget) -> list[dict]:

@@ -40,6 +40,7 @@ class LoopMma:
     barriers: int  # bar.sync / barrier instructions per iteration
     async_copies: int  # cp.async / cp.async.bulk (TMA) instructions per iteration
     instructions: int = 0  # PTX instructions per iteration, per thread: the ALU work (dequant, softmax) a change adds or saves
+    shared_bytes: int = 0  # shared-memory bytes per iteration, whole block: see `shared_traffic`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +170,39 @@ _ASYNC_COPY = re.compile(r"\bcp\.async(?!\.wait|\.commit|\.mbarrier)")
 _INSTRUCTION = re.compile(r"^\s*(@!?%\w+\s+)?[a-z][\w.]*[\s;]")  # an opcode line (not a label, directive or brace)
 
 
+_SHARED_ACCESS = re.compile(r"\b(?:ld|st)\.shared(?:::cta)?(?:\.v(\d))?\.[bsuf](\d+)\b")
+_MATRIX_ACCESS = re.compile(r"\b(?:ldmatrix|stmatrix)\S*\.x(\d)\b")
+_ASYNC_COPY_BYTES = re.compile(r"\bcp\.async\.c[ag]\.shared\S*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+_WGMMA_OPERANDS = re.compile(
+    r"\bwgmma\.mma_async\S*\.m(\d+)n(\d+)k(\d+)\.\w+\.(\w+)\.\w+\s+\{[^}]*\},\s*(\{|%rd)")
+
+
+def shared_traffic(line: str, num_warps: int) -> int:
+    """Shared-memory bytes one PTX line moves for the whole block (0 for other lines).
+
+    ld/st.shared: vector width x element bytes per thread; ldmatrix/stmatrix .xN: N 8x8 16-bit
+    matrices per warp; cp.async: its copy size per thread (written); wgmma: the operands it reads
+    from shared memory, per warpgroup: B always, A when given as a descriptor (not registers).
+    """
+    threads = num_warps * 32
+    m = _SHARED_ACCESS.search(line)
+    if m:
+        return int(m.group(1) or 1) * int(m.group(2)) // 8 * threads
+    m = _MATRIX_ACCESS.search(line)
+    if m:
+        return int(m.group(1)) * 8 * 8 * 2 * num_warps
+    m = _ASYNC_COPY_BYTES.search(line)
+    if m:
+        return int(m.group(1), 0) * threads
+    m = _WGMMA_OPERANDS.search(line)
+    if m:
+        rows, cols, depth = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        size = 1 if m.group(4).startswith("e") else 2  # e4m3 / e5m2 operands: one byte
+        a_from_shared = m.group(5) == "%rd"
+        return (rows * depth * a_from_shared + cols * depth) * size * (num_warps // 4)
+    return 0
+
+
 def _kinds(ptx: str) -> set:
     return {kind for kind, pattern in _MMA_PATTERNS if pattern.search(ptx)}
 
@@ -208,5 +242,6 @@ def innermost_loops(ptx: str, num_warps: int) -> list[LoopMma]:
             sum(1 for line in body if _BARRIER.search(line)),
             sum(1 for line in body if _ASYNC_COPY.search(line)),
             sum(1 for line in body if _INSTRUCTION.match(line)),
+            sum(shared_traffic(line, num_warps) for line in body),
         ))
     return result

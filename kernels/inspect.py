@@ -55,7 +55,7 @@ def _row(case, launch, target, res, counted) -> dict:
         "main_loop": None if main is None else {
             "kind": main.kind, "mma_per_iteration": main.count, "shapes": main.shapes,
             "issued_flops": main.flops, "barriers": main.barriers, "async_copies": main.async_copies,
-            "instructions": main.instructions,
+            "instructions": main.instructions, "shared_bytes": main.shared_bytes,
         },
         "loops_with_mma": len(res.loops),
         "counted_flops": counted,
@@ -134,8 +134,8 @@ def format_table(report: dict) -> str:
     t = report["target"]
     lines = [f"target {t['name']} ({t['product']}: {t['sm_count']} SMs, {t['smem_per_block']} B shared per block)",
              "| case | kernel | grid (programs) | blocks/SM, waves | warps/stages | regs | spill B | smem B | "
-             "loop LDL/STL | main-loop MMA per iter | bar | cp.async | PTX instr | issued/counted |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "loop LDL/STL | main-loop MMA per iter | bar | cp.async | PTX instr | smem KB/iter | issued/counted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if "unsupported" in r:
             lines.append(f"| {r['case']} | {r['kernel']} | not supported on this target: {r['unsupported']} |")
@@ -152,6 +152,7 @@ def format_table(report: dict) -> str:
             f"{r['registers']} | {r['spill_bytes']} | {smem} | {loop_spill} | {mma} | "
             f"{_fmt(main and main['barriers'])} | {_fmt(main and main['async_copies'])} | "
             f"{_fmt(main and main.get('instructions'))} | "
+            f"{_fmt(main and main.get('shared_bytes') and main['shared_bytes'] / 1024, '.0f')} | "
             f"{_fmt(r['tensor_work_ratio'], '.2f')} |"
         )
     if report.get("estimates"):

@@ -129,8 +129,11 @@ def test_estimates_follow_the_build(sm90):
     peak = TARGETS["sm_90"].tensor_tflops * _estimate.TENSOR_EFFICIENCY
     for e in est.values():
         assert 0 < e["tflops"] <= peak and e["time_us"] > 0
-        assert e["bound"] in ("memory", "issue") or "tensor" in e["bound"] or "dequant" in e["bound"], e
+        assert e["bound"] in ("memory", "issue", "shared memory") or "tensor" in e["bound"] or "dequant" in e["bound"], e
     assert est["dense-memory-bound"]["bound"] == "memory"
+    # sparse prefill's QK is m64n16k16 per warpgroup (32 keys split in two): Q re-read from shared memory
+    # for every 16 keys, 300 KB per iteration against 4.5 MFLOPs, more time than its tensor work
+    assert est["prefill-v32"]["bound"] == "shared memory"
     assert "dequant" in est["v32 b=128"]["bound"]
     assert est["v32 b=128"]["target"] == {"metric": "tflops", "value": 200.0}
     assert est["v32 b=128"]["spills"] == any(r["spill_bytes"] for r in sm90["rows"] if r["case"] == "v32 b=128")
@@ -164,6 +167,14 @@ def test_estimate_model_scales_with_work_and_waves():
     assert (bound, t6) == ("issue", pytest.approx(max(issue, t1))) and issue > t1
     t7, bound = _estimate.launch_time({**looped, "loop_spill": {"instructions": 10}}, work, target)
     assert bound == "tensor" and t7 == pytest.approx(t1)
+    # shared memory: iterations x bytes per iteration at 128 B per SM per clock; binds above the tensor time
+    per_iteration = 3e6  # bytes: 1e6 iterations of it take ~89 ms on 132 SMs at 1.98 GHz
+    shared = 1e12 / 1e6 * per_iteration / (_estimate.SHARED_BYTES_PER_SM_PER_CLOCK * sm_clocks) * 4 / 4.0
+    smem_row = {**row, "counted_flops": 1e6, "main_loop": {"kind": "wgmma", "shared_bytes": per_iteration}}
+    t8, bound = _estimate.launch_time(smem_row, work, target)
+    assert (bound, t8) == ("shared memory", pytest.approx(shared)) and shared > t1
+    t9, bound = _estimate.launch_time({**smem_row, "main_loop": {"kind": "wgmma", "shared_bytes": 1000}}, work, target)
+    assert bound == "tensor" and t9 == pytest.approx(t1)
 
 
 def test_launch_parameters_come_from_the_wrappers(sm90):
@@ -227,6 +238,10 @@ $L__BB0_2:
 	wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%f2}, %rd1, %rd2;
 	bar.sync 0;
 	cp.async.cg.shared.global [%r3], [%rd4], 16;
+	st.shared.v4.b32 [%r5+1024], {%r6, %r7, %r8, %r9};
+	ld.shared.b16 %rs1, [%r5];
+	ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%r1, %r2, %r3, %r4}, [%r5];
+	wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f3}, {%r1, %r2, %r3, %r4}, %rd3, %p1, 1, 1, 1;
 	@%p1 bra $L__BB0_2;
 	mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1}, {%r1}, {%r2}, {%f1};
 	@%p2 bra $L__BB0_1;
@@ -239,8 +254,14 @@ def test_ptx_loops_are_read_innermost_first():
     assert len(loops) == 1  # the outer loop contains the inner one with MMAs: only the inner counts
     (loop,) = loops
     assert (loop.kind, loop.count, loop.shapes, loop.barriers, loop.async_copies) == (
-        "wgmma", 2, {"m64n32k16": 2}, 1, 1)
-    assert loop.flops == 2 * (2 * 64 * 32 * 16) * 2  # two instructions, two warpgroups
+        "wgmma", 3, {"m64n32k16": 2, "m64n64k16": 1}, 1, 1)
+    assert loop.flops == (2 * (2 * 64 * 32 * 16) + 2 * 64 * 64 * 16) * 2  # three instructions, two warpgroups
+    # shared-memory bytes per iteration, whole block (8 warps = 256 threads, 2 warpgroups)
+    wgmma_both_from_shared = 2 * (64 * 16 + 32 * 16) * 2 * 2  # A (descriptor) and B, bf16, per warpgroup
+    wgmma_a_in_registers = 64 * 16 * 2 * 2  # B only
+    per_thread = 16 + 16 + 2  # cp.async 16 B, st.shared.v4.b32, ld.shared.b16
+    ldmatrix = 4 * 8 * 8 * 2 * 8  # four 8x8 b16 matrices per warp
+    assert loop.shared_bytes == wgmma_both_from_shared + wgmma_a_in_registers + per_thread * 256 + ldmatrix
 
 
 SASS = """
