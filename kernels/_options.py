@@ -10,6 +10,15 @@ relative): nearly float32-exact products, twice the P @ V work. The calibrated t
 under FlashMLA's fixed table alone, next to an unrounded reference, one rounding costs up to
 2^-9 per weight, which is why the project began with hi + lo. It changes the kernels' constexpr
 ``P_SPLIT`` (``SPLIT_P`` in sparse decode), so both builds live side by side in Triton's cache.
+
+
+``MLAVERIFY_SPARSE_DECODE_BLOCK_N`` (default unset: the launch config chooses, 64 entries per step
+where the 64-head tile fits with one rounding of P, else 32): index entries per sparse decode step,
+``32`` or ``64``. On sm_90 the 64-entry step reloads 0-18 spilled values from local memory per step;
+the 32-entry one spills nothing but issues ~23% more instructions and moves ~27% more shared memory
+per entry (``python -m mlaverify.kernels.inspect``). Which is faster is a measurement: the device
+check (``python -m mlaverify.kernels.device_check``) times sparse decode both ways. ``64`` where it
+does not fit is refused by the launch config, never narrowed.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from __future__ import annotations
 import os
 
 P_SPLIT_ENV = "MLAVERIFY_P_SPLIT"
+SPARSE_DECODE_BLOCK_N_ENV = "MLAVERIFY_SPARSE_DECODE_BLOCK_N"
+SPARSE_DECODE_BLOCK_NS = (32, 64)
 
 
 def p_split() -> bool:
@@ -25,3 +36,14 @@ def p_split() -> bool:
     if raw not in ("0", "1"):
         raise ValueError(f"{P_SPLIT_ENV}: expected '0' (one bf16 rounding of P) or '1' (hi + lo), got {raw!r}")
     return raw == "1"
+
+
+def sparse_decode_block_n() -> int | None:
+    """Entries per sparse decode step asked for in the environment (None: unset, the launch config chooses)."""
+    raw = os.environ.get(SPARSE_DECODE_BLOCK_N_ENV, "").strip()
+    if not raw:
+        return None
+    if raw not in {str(n) for n in SPARSE_DECODE_BLOCK_NS}:
+        raise ValueError(f"{SPARSE_DECODE_BLOCK_N_ENV}: expected one of {list(SPARSE_DECODE_BLOCK_NS)} "
+                         f"(entries per step) or unset, got {raw!r}")
+    return int(raw)

@@ -33,7 +33,7 @@ from mlaverify.reference.model_type import ModelType
 from mlaverify.reference.validation import SparseDecodeShapes, check_softmax_scale, check_sparse_decode_inputs
 
 from ._checks import resolve_check_inputs
-from ._options import p_split
+from ._options import SPARSE_DECODE_BLOCK_NS, p_split, sparse_decode_block_n
 from ._launch import KernelLaunch, run_all
 from ._splits import slots, whole_wave_splits
 from ._targets import INTERPRETER, GpuTarget, target_of_device
@@ -247,7 +247,8 @@ MIN_STEPS_PER_SPLIT = 4  # a split shorter than this many BLOCK_N steps costs mo
 
 
 def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget, num_splits=None,
-                  split_p: bool | None = None, list_lengths: tuple[int, ...] | None = None) -> LaunchConfig:
+                  split_p: bool | None = None, list_lengths: tuple[int, ...] | None = None,
+                  block_n: int | None = None) -> LaunchConfig:
     """Heads per program up to 64, and the split count.
 
     Splits: on a compiled target, the count whose whole waves finish first (`_splits`: programs x
@@ -256,8 +257,13 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     its 4 slots, each at least MIN_STEPS_PER_SPLIT steps (CPU cases exercise the combine). The choice
     depends on (b, s_q, h_q, the list lengths) and the target only, so a sequence's result never
     depends on what its batch mates contain. ValueError when the tiles do not fit the target's shared
-    memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT).
+    memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT). ``block_n``: entries
+    per step, 32 or 64 (None: from MLAVERIFY_SPARSE_DECODE_BLOCK_N, else chosen); ValueError for 64
+    where the 64-entry tile does not fit.
     """
+    asked_n = sparse_decode_block_n() if block_n is None else block_n
+    if asked_n is not None and (isinstance(asked_n, bool) or asked_n not in SPARSE_DECODE_BLOCK_NS):
+        raise ValueError(f"block_n: expected one of {list(SPARSE_DECODE_BLOCK_NS)} or None, got {asked_n!r}")
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
     block_n = 32  # hi + lo P keeps 32-token steps (at 64: 104-192 B of spill, 24-46 local loads per step on sm_90)
     if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
@@ -283,6 +289,14 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
         block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
     if target is INTERPRETER:
         block_n = 64  # the interpreter pays per operation, not per element: half the steps of 32 (and the H200's tile)
+    if asked_n == 64 and block_n != 64:
+        raise ValueError(
+            f"block_n: 64 entries per step do not fit {target.name} here: they need 64 heads per program, two "
+            f"stages and one bf16 rounding of P ({SMEM_SM90_ONE_ROUNDING_BN64} B of shared memory per block); "
+            f"this launch has {block_h} heads, {num_stages} stage(s), P {'hi + lo' if split_p else 'rounded once'}"
+        )
+    if asked_n is not None:
+        block_n = asked_n
     programs = b * s_q * math.ceil(h_q / block_h)
     num_warps = 8  # 4 warps spill the [BLOCK_N, 512] float32 dequantization temporaries
     if num_splits is None and target is INTERPRETER:
@@ -292,6 +306,8 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     elif num_splits is None:
         tiles = SMEM_SM90 if num_stages == 2 else SMEM_SM90_ONE_STAGE
         smem = SMEM_SM90_ONE_ROUNDING_BN64 if block_n == 64 else tiles[block_h]
+        if block_n == 32 and block_h == 64 and num_stages == 2 and not split_p:
+            smem = SMEM_SM90_ONE_ROUNDING_BN32
         num_splits = whole_wave_splits(max(programs, 1), list_lengths or (total_topk,), block_n,
                                        slots(target, num_warps, smem), MAX_SPLITS)
     elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
@@ -312,6 +328,8 @@ SMEM_SM90_ONE_STAGE = {64: 110592, 32: 40960, 16: 22528}
 # BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 231,424 / MODEL1 196,608 B (with hi + lo
 # 223,232 / 188,416 B, but it spills: see choose_config).
 SMEM_SM90_ONE_ROUNDING_BN64 = 231424
+# BLOCK_H 64, BLOCK_N 32, P rounded once (MLAVERIFY_SPARSE_DECODE_BLOCK_N=32): V32 152,576 / MODEL1 131,072 B.
+SMEM_SM90_ONE_ROUNDING_BN32 = 152576
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
 MIN_CAPABILITY = 89
 

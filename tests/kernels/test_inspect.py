@@ -305,6 +305,27 @@ def test_main_loops_without_local_traffic_stay_so(sm90):
     assert not problems, "\n".join(problems)
 
 
+def test_32_entry_sparse_decode_steps_have_no_spill(sm90):
+    """MLAVERIFY_SPARSE_DECODE_BLOCK_N=32: the sm_90 sparse decode build without spill (the default's 64-entry
+    step reloads 0-18 values per step), still wgmma once per product, at the shared memory its launch config
+    counts; the device check times both, since this one issues more instructions and shared-memory traffic."""
+    report = inspect.collect("sm_90", presets=("v32", "model1-config4"), full=False,
+                             env={_options.SPARSE_DECODE_BLOCK_N_ENV: "32"})
+    splits = [r for r in _rows(report) if r["kernel"] == "sparse_decode.split"]
+    assert splits and all(r["constexprs"]["BLOCK_N"] == 32 for r in splits)
+    for r in splits:
+        ls = r["loop_spill"]
+        assert (r["spill_bytes"], ls["loads"], ls["stores"]) == (0, 0, 0), r["case"]
+        assert r["main_loop"]["kind"] == "wgmma" and r["tensor_work_ratio"] == pytest.approx(1.0, abs=0.005)
+        assert r["shared_bytes"] <= sparse_decode.SMEM_SM90_ONE_ROUNDING_BN32
+    assert max(r["shared_bytes"] for r in splits) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN32
+    default = {r["case"]: r for r in _rows(sm90) if r["kernel"] == "sparse_decode.split"}
+    for r in splits:  # per entry: more instructions and shared-memory bytes than the 64-entry step
+        d = default[r["case"]]
+        assert 2 * r["loop_spill"]["instructions"] > d["loop_spill"]["instructions"]
+        assert 2 * r["main_loop"]["shared_bytes"] > d["main_loop"]["shared_bytes"]
+
+
 def test_cli_writes_json_and_refuses_unknown_presets(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert inspect.main(["--preset", "prefill-model1-config1", "--json", str(out)]) == 0

@@ -58,3 +58,29 @@ def test_one_rounding_of_p_stays_within_its_error_bound_in_the_interpreter(monke
     bound = 2.0**-9 * v_max + 2.0**-9 * ref.abs()
     assert bool(((single.float() - ref).abs() <= bound).all())
     assert not torch.equal(single, split)  # the option takes effect
+
+
+def test_sparse_decode_block_n_switch(monkeypatch):
+    """MLAVERIFY_SPARSE_DECODE_BLOCK_N: unset leaves the choice to the launch config (64 entries on sm_90 and in
+    the interpreter, 32 where the 64-head tile does not fit); 32 or 64 where it fits; anything else, or 64
+    where it does not fit, is refused by name."""
+    monkeypatch.delenv(_options.SPARSE_DECODE_BLOCK_N_ENV, raising=False)
+    h200, sm89 = TARGETS["sm_90"], TARGETS["sm_89"]
+    assert sparse_decode.choose_config(128, 2, 128, 2048, h200).block_n == 64
+    assert sparse_decode.choose_config(128, 2, 128, 2048, sm89).block_n == 32
+    monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "32")
+    for target in (h200, INTERPRETER, sm89):
+        assert sparse_decode.choose_config(128, 2, 128, 2048, target).block_n == 32
+    assert sparse_decode.choose_config(128, 2, 128, 2048, h200, block_n=64).block_n == 64  # the argument wins
+    monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "64")
+    assert sparse_decode.choose_config(128, 2, 128, 2048, h200).block_n == 64
+    with pytest.raises(ValueError, match="block_n: 64 entries per step do not fit sm_89 here: .* 32 heads"):
+        sparse_decode.choose_config(128, 2, 128, 2048, sm89)
+    with pytest.raises(ValueError, match="64 entries per step do not fit sm_90 here: .* P hi \\+ lo"):
+        sparse_decode.choose_config(128, 2, 128, 2048, h200, split_p=True)
+    monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "48")
+    with pytest.raises(ValueError, match="MLAVERIFY_SPARSE_DECODE_BLOCK_N: expected one of \\[32, 64\\] .* got '48'"):
+        sparse_decode.choose_config(128, 2, 128, 2048, h200)
+    monkeypatch.delenv(_options.SPARSE_DECODE_BLOCK_N_ENV)
+    with pytest.raises(ValueError, match="block_n: expected one of \\[32, 64\\] or None, got 16"):
+        sparse_decode.choose_config(128, 2, 128, 2048, h200, block_n=16)

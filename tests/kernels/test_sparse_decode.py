@@ -15,8 +15,9 @@ import sys
 import pytest
 import torch
 
-from mlaverify.kernels import _runtime, flash_mla_with_kvcache, get_mla_metadata
-from mlaverify.kernels.sparse_decode import sparse_decode
+from mlaverify.kernels import _options, _runtime, flash_mla_with_kvcache, get_mla_metadata
+from mlaverify.kernels._targets import INTERPRETER
+from mlaverify.kernels.sparse_decode import choose_config, sparse_decode
 from mlaverify.reference import ModelType, quantize_kv_cache, sparse_decode_reference
 from tests.kernels.judge import assert_within_budget
 from mlaverify.verify.compare import bits_equal
@@ -176,6 +177,20 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matches_reference(case: Case):
     assert_matches_reference(build(case), case.num_splits)
+
+
+# 32-entry steps (MLAVERIFY_SPARSE_DECODE_BLOCK_N=32, the sm_90 build without local-memory traffic in its
+# loop, and the hi + lo build's step) run in the interpreter too: both lists, sinks, invalid entries, splits.
+BLOCK_N_32_CASES = [CASES[0], CASES[4], CASES[5], CASES[8]]
+
+
+@pytest.mark.parametrize("case", BLOCK_N_32_CASES, ids=[c.id for c in BLOCK_N_32_CASES])
+def test_32_entry_steps_match_reference(case: Case, monkeypatch):
+    monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "32")
+    args = build(case)
+    b, s_q, h_q, _ = args["q"].shape
+    assert choose_config(b, s_q, h_q, args["indices"].shape[-1], INTERPRETER).block_n == 32
+    assert_matches_reference(args, case.num_splits)
 
 
 def test_rows_without_valid_entries_give_zero_and_inf():
