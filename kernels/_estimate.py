@@ -89,21 +89,26 @@ def launch_time(row: dict, work: dict, target: GpuTarget) -> tuple[float, str]:
     return max(compute, memory) * quantized, bound
 
 
+def _iterations(row: dict, work: dict) -> float:
+    """Main-loop iterations of the whole launch: the op's counted FLOPs / those of one iteration (0: no count)."""
+    counted = row.get("counted_flops")
+    return work["flops"] / counted if counted else 0.0
+
+
 def _issue_time(row: dict, work: dict, sm_clocks: float) -> float:
     """Seconds to issue the main loop's SASS once per warp per iteration (0 when the build gave no count)."""
-    loop, counted = row.get("loop_spill"), row.get("counted_flops")
-    if not loop or not counted:
+    loop = row.get("loop_spill")
+    if not loop:
         return 0.0
-    iterations = work["flops"] / counted
-    return iterations * loop["instructions"] * row["num_warps"] / (SCHEDULERS_PER_SM * sm_clocks)
+    return _iterations(row, work) * loop["instructions"] * row["num_warps"] / (SCHEDULERS_PER_SM * sm_clocks)
 
 
 def _shared_time(row: dict, work: dict, sm_clocks: float) -> float:
     """Seconds for the main loop's shared-memory traffic at 128 B per SM per clock (0 without a count)."""
-    main, counted = row.get("main_loop"), row.get("counted_flops")
-    if not main or not main.get("shared_bytes") or not counted:
+    main = row.get("main_loop")
+    if not main or not main.get("shared_bytes"):
         return 0.0
-    return work["flops"] / counted * main["shared_bytes"] / (SHARED_BYTES_PER_SM_PER_CLOCK * sm_clocks)
+    return _iterations(row, work) * main["shared_bytes"] / (SHARED_BYTES_PER_SM_PER_CLOCK * sm_clocks)
 
 
 def estimate_cases(rows: list[dict], works: dict[str, dict], target: GpuTarget) -> list[dict]:

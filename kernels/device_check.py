@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Sequence
+from unittest import mock
 
 import torch
 
@@ -130,18 +131,12 @@ def _run_benchmark(plan: Plan, deadline: float, log) -> tuple[list, list]:
         if time.monotonic() >= deadline:
             skipped.append(op if env is None else f"{op} {variant}")
             continue
-        saved = None if env is None else os.environ.get(env[0])
-        if env is not None:
-            os.environ[env[0]] = env[1]  # read when the launch is planned
-        try:
-            new = run_benchmark([op], ["triton"], quick=True)["rows"]
-        except Exception as exc:  # one op failing must not hide the others' numbers
-            new = [{"op": op, "impl": "triton", "status": f"error: {type(exc).__name__}: {exc}"[:300]}]
-        finally:
-            if env is not None and saved is None:
-                del os.environ[env[0]]
-            elif env is not None:
-                os.environ[env[0]] = saved
+        # the setting is read when a launch is planned; patch.dict restores the environment afterwards
+        with mock.patch.dict(os.environ, dict([env]) if env else {}):
+            try:
+                new = run_benchmark([op], ["triton"], quick=True)["rows"]
+            except Exception as exc:  # one op failing must not hide the others' numbers
+                new = [{"op": op, "impl": "triton", "status": f"error: {type(exc).__name__}: {exc}"[:300]}]
         for row in new:
             row["variant"] = variant
             log(f"benchmark {op} [{variant}] {row.get('config', '')}: {row.get('status')} {row.get('tflops')} TFLOPS")
