@@ -12,13 +12,14 @@ under FlashMLA's fixed table alone, next to an unrounded reference, one rounding
 ``P_SPLIT`` (``SPLIT_P`` in sparse decode), so both builds live side by side in Triton's cache.
 
 
-``MLAVERIFY_SPARSE_DECODE_BLOCK_N`` (default unset: the launch config chooses, 64 entries per step
-where the 64-head tile fits with one rounding of P, else 32): index entries per sparse decode step,
-``32`` or ``64``. On sm_90 the 64-entry step reloads 0-18 spilled values from local memory per step;
-the 32-entry one spills nothing but issues ~23% more instructions and moves ~27% more shared memory
-per entry (``python -m mlaverify.kernels.inspect``). Which is faster is a measurement: the device
-check (``python -m mlaverify.kernels.device_check``) times sparse decode both ways. ``64`` where it
-does not fit is refused by the launch config, never narrowed.
+``MLAVERIFY_SPARSE_DECODE_BLOCK_N`` (default unset: 32 entries per step, in the interpreter and
+on every target): index entries per sparse decode step, ``32`` or ``64``. On sm_90 the 32-entry step
+is the one whose main loop touches no local memory; the 64-entry one (64 heads, two stages, one
+rounding of P: 231,424 B of the 232,448 B per block) reloads 0-18 spilled values per step but issues
+~20% fewer instructions and moves ~20% less shared memory per entry (``python -m
+mlaverify.kernels.inspect``). Which is faster is a measurement: the device check (``python -m
+mlaverify.kernels.device_check``) times sparse decode both ways. ``64`` where it does not fit is
+refused by the launch config, never narrowed.
 """
 
 from __future__ import annotations

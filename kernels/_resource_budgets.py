@@ -26,19 +26,17 @@ class Budget:
 # The default build: one bf16 rounding of P and dS (MLAVERIFY_P_SPLIT unset or 0).
 SM90_BUDGETS = {
     "sparse_decode.split": Budget(
-        120, ("wgmma",), 1.005,
-        "64 heads x BLOCK_N 64, two stages (V32 231,424 B, MODEL1 196,608 B of shared memory); 255 registers, "
-        "V32 48-120 B, MODEL1 24-48 B of spill over every batch size, the upper end where one split per row "
-        "writes the bf16 output itself (FINAL; two splits of the same shape: 48 / 24 B) (-m slow sweep; "
-        "96-232 B with the scores "
-        "computed before P @ V in the iteration, 400 B before the 128-dim chunks): what spills is the QK dots' "
-        "loop-invariant Q operand descriptors (36 / 32 per step), hoisted out of the loop beside the 128-register "
-        "accumulator and reloaded there: 0-18 LDL per step of ~2,100 SASS instructions. BLOCK_N 32 (MLAVERIFY_SPARSE_DECODE_BLOCK_N=32, "
-        "timed beside the default by the device check) spills nothing but halves the QK wgmma's N per warpgroup (m64n16: each Q tile read from shared memory for half "
-        "the work) and issues ~25% more instructions per entry. Ratio 1.00: P @ V once and QK once. The scores "
-        "are computed one step ahead (_sparse_decode_steps), so that the QK dot feeds no dot in its own "
-        "iteration: for a chained dot Triton 3.9 puts all 8 warps on M, which 64 rows fill only once, and both "
-        "warpgroups computed QK (ratio 1.53 / 1.50, 496-704 B of spill before).",
+        8, ("wgmma",), 1.005,
+        "64 heads x BLOCK_N 32, two stages (V32 152,576 B, MODEL1 131,072 B of shared memory); 240-255 "
+        "registers, 0 B of spill but MODEL1 config2 at 64-256 rows (8 B, outside the loop), none inside the "
+        "loop over every batch size (-m slow sweep). BLOCK_N 64 (MLAVERIFY_SPARSE_DECODE_BLOCK_N=64, timed "
+        "beside the default by the device check) fits in 231,424 B of the 232,448 B per block and reloads 0-18 "
+        "spilled values per step (P's shared-memory layout-conversion addresses and QK operand descriptors, "
+        "hoisted out of the loop beside the 128-register accumulator; 24-120 B), for ~20% fewer instructions "
+        "and shared-memory bytes per entry (m64n32 QK wgmma per warpgroup instead of m64n16). Ratio 1.00: "
+        "P @ V once and QK once. The scores are computed one step ahead (_sparse_decode_steps), so that the QK "
+        "dot feeds no dot in its own iteration: for a chained dot Triton 3.9 puts all 8 warps on M, which 64 "
+        "rows fill only once, and both warpgroups computed QK (ratio 1.53 / 1.50, 496-704 B of spill before).",
     ),
     "sparse_decode.combine": Budget(0, (), None, "no tensor-core work: a weighted sum of the splits"),
     "sparse_prefill": Budget(
@@ -71,6 +69,16 @@ SM90_BUDGETS = {
         "spill; ratio: S, dP, dQ = 512 / 800 of the backward count. The backward's op ratio is dkdv + dq = 1.44.",
     ),
 }
+
+
+# Sparse decode at 64 entries per step (MLAVERIFY_SPARSE_DECODE_BLOCK_N=64, the option the device check
+# times beside the default; checked by tests/kernels/test_inspect.py with the variant's build).
+SPARSE_DECODE_BN64_BUDGET = Budget(
+    120, ("wgmma",), 1.005,
+    "64 heads x BLOCK_N 64, two stages, one rounding of P (V32 231,424 B, MODEL1 196,608 B); 255 registers, "
+    "V32 48-120 B, MODEL1 24-48 B of spill, the upper end where one split per row writes the bf16 output "
+    "itself (FINAL); 0-18 LDL per step of ~2,100 SASS instructions (the default's 32-entry step: none).",
+)
 
 
 # With P and dS as hi + lo bf16 terms (MLAVERIFY_P_SPLIT=1) the launch-config functions keep the

@@ -258,14 +258,18 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
     depends on (b, s_q, h_q, the list lengths) and the target only, so a sequence's result never
     depends on what its batch mates contain. ValueError when the tiles do not fit the target's shared
     memory per block. ``split_p``: P as hi + lo (None: from MLAVERIFY_P_SPLIT). ``block_n``: entries
-    per step, 32 or 64 (None: from MLAVERIFY_SPARSE_DECODE_BLOCK_N, else chosen); ValueError for 64
+    per step, 32 or 64 (None: from MLAVERIFY_SPARSE_DECODE_BLOCK_N, else 32); ValueError for 64
     where the 64-entry tile does not fit.
     """
     asked_n = sparse_decode_block_n() if block_n is None else block_n
     if asked_n is not None and (isinstance(asked_n, bool) or asked_n not in SPARSE_DECODE_BLOCK_NS):
         raise ValueError(f"block_n: expected one of {list(SPARSE_DECODE_BLOCK_NS)} or None, got {asked_n!r}")
     block_h = min(64, max(16, triton.next_power_of_2(h_q)))
-    block_n = 32  # hi + lo P keeps 32-token steps (at 64: 104-192 B of spill, 24-46 local loads per step on sm_90)
+    # 32 entries per step in every mode and on every target: on sm_90 the only step without local-memory
+    # traffic in its loop (64: 0-18 reloads per step with one rounding of P, 24-46 with hi + lo), with
+    # 78 KB of shared memory to spare where 64 entries leave 1 KB; the interpreter runs the same step,
+    # so a CPU verdict covers the H200's default build. 64 on request (SPARSE_DECODE_BLOCK_NS) where it fits.
+    block_n = 32
     if target is not INTERPRETER and target.capability < MIN_CAPABILITY:
         raise ValueError(
             f"sparse decode: {target.name} is not supported: the FP8 (e4m3) cache needs sm_{MIN_CAPABILITY} or "
@@ -285,11 +289,8 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
         block_h = max(fits)  # fewer heads per program where the target has less shared memory
     split_p = p_split() if split_p is None else split_p
     one_rounding_fits = SMEM_SM90_ONE_ROUNDING_BN64 <= target.smem_per_block
-    if not split_p and target is not INTERPRETER and block_h == 64 and num_stages == 2 and one_rounding_fits:
-        block_n = 64  # one bf16 rounding of P frees the shared memory for 64-token steps (half the loop overhead)
-    if target is INTERPRETER:
-        block_n = 64  # the interpreter pays per operation, not per element: half the steps of 32 (and the H200's tile)
-    if asked_n == 64 and block_n != 64:
+    fits_64 = target is INTERPRETER or (not split_p and block_h == 64 and num_stages == 2 and one_rounding_fits)
+    if asked_n == 64 and not fits_64:
         raise ValueError(
             f"block_n: 64 entries per step do not fit {target.name} here: they need 64 heads per program, two "
             f"stages and one bf16 rounding of P ({SMEM_SM90_ONE_ROUNDING_BN64} B of shared memory per block); "
@@ -316,8 +317,8 @@ def choose_config(b: int, s_q: int, h_q: int, total_topk: int, target: GpuTarget
 
 
 # Shared memory of the split kernel for sm_90 at BLOCK_N = 32 by BLOCK_H, two stages: the largest of the
-# V32 and MODEL1 config4 builds, P rounded once / P as hi + lo (64 -> hi + lo 148,480 / 131,072, the only
-# BLOCK_N 32 build at 64 heads on sm_90; 32 -> 76,800 / 71,680, 78,848 / 75,776; 16 -> 57,344 / 53,248,
+# V32 and MODEL1 config4 builds, P rounded once / P as hi + lo (64 -> hi + lo 148,480 / 131,072; P rounded
+# once at 64 heads is SMEM_SM90_ONE_ROUNDING_BN32; 32 -> 76,800 / 71,680, 78,848 / 75,776; 16 -> 57,344 / 53,248,
 # 58,368 / 59,392), from the sm_90 build (tests/kernels/test_inspect.py checks the production one). The
 # scores one step ahead (attend_lists) load each step's keys twice, both loads double-buffered; the keys
 # are dequantized in 128-dim chunks (no whole [BLOCK_N, 512] tile in shared memory: 40 KB less at 64 heads).
@@ -325,10 +326,10 @@ SMEM_SM90 = {64: 148480, 32: 78848, 16: 59392}
 # The same with num_stages 1 (64 -> 110,592 / 102,400 P rounded once; 32 -> 40,960 / 36,864 both modes;
 # 16 -> 22,528 / 20,480 both modes).
 SMEM_SM90_ONE_STAGE = {64: 110592, 32: 40960, 16: 22528}
-# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_P_SPLIT=0): V32 231,424 / MODEL1 196,608 B (with hi + lo
-# 223,232 / 188,416 B, but it spills: see choose_config).
+# BLOCK_H 64, BLOCK_N 64, P rounded once (MLAVERIFY_SPARSE_DECODE_BLOCK_N=64): V32 231,424 / MODEL1 196,608 B
+# (with hi + lo 223,232 / 188,416 B, refused: it spills more, see choose_config).
 SMEM_SM90_ONE_ROUNDING_BN64 = 231424
-# BLOCK_H 64, BLOCK_N 32, P rounded once (MLAVERIFY_SPARSE_DECODE_BLOCK_N=32): V32 152,576 / MODEL1 131,072 B.
+# BLOCK_H 64, BLOCK_N 32, P rounded once (the default sm_90 build): V32 152,576 / MODEL1 131,072 B.
 SMEM_SM90_ONE_ROUNDING_BN32 = 152576
 # Triton 3.9 has float8e4nv (e4m3) only from sm_89 on ("type fp8e4nv not supported in this architecture").
 MIN_CAPABILITY = 89

@@ -2,6 +2,7 @@
 
     tiles = kernel_tiles()
     tiles["sparse_decode"].list_tiles     # entries per loop step, every mode (interpreter and compiled)
+                                          # and every step size the kernel accepts
     tiles["mha_prefill"].query_tiles      # query rows per tile
 
 Boundary cases (`mlaverify.verify.boundary_cases`) put lengths at and around these numbers, so
@@ -52,8 +53,8 @@ def kernel_tiles() -> dict[str, OpTiles]:
 
     modes = _modes()
     splits = (True, False)
-    sd_cfgs = [_need(sparse_decode, "choose_config")(1, 1, h, 1, t, split_p=p) for h in (1, 128) for t in modes
-               for p in splits]
+    sd_cfgs = [c for h in (1, 128) for t in modes for p in splits
+               for c in _sparse_decode_configs(sparse_decode, h, t, p)]
     sd_block_n = tuple(sorted({c.block_n for c in sd_cfgs}))
     sd_splits = tuple(_need(sparse_decode, "MIN_STEPS_PER_SPLIT") * n for n in sd_block_n)
     sd = OpTiles(list_tiles=sd_block_n, head_tiles=tuple(sorted({c.block_h for c in sd_cfgs})),
@@ -68,6 +69,21 @@ def kernel_tiles() -> dict[str, OpTiles]:
     mha = [_need(mha_prefill, "_INTERPRETER_TILES"), *_need(mha_prefill, "_GPU_TILES").values()]
     mh = OpTiles(list_tiles=tuple(sorted({t.block_n for t in mha})), query_tiles=tuple(sorted({t.block_m for t in mha})))
     return {"sparse_decode": sd, "sparse_prefill": sp, "dense_decode": dd, "mha_prefill": mh}
+
+
+def _sparse_decode_configs(sparse_decode, h: int, target, split_p: bool) -> list:
+    """The launch configs sparse decode can run for h heads: every step size it accepts there
+    (``SPARSE_DECODE_BLOCK_NS``; a refused one is skipped), so MLAVERIFY_SPARSE_DECODE_BLOCK_N never
+    changes the case list."""
+    from mlaverify.kernels import _options
+
+    out = []
+    for n in _need(_options, "SPARSE_DECODE_BLOCK_NS"):
+        try:
+            out.append(_need(sparse_decode, "choose_config")(1, 1, h, 1, target, split_p=split_p, block_n=n))
+        except ValueError:
+            continue  # e.g. 64 entries on a tile without the shared memory for them
+    return out
 
 
 def sparse_decode_splits(topk: int) -> tuple[int, int]:

@@ -24,9 +24,9 @@ def test_dry_run_lists_every_full_size_preset_case_and_the_benchmark_ops(capsys)
     steps = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
     expected = {f"check {name} {case.id}" for name in PRESETS for case in preset_cases(name, "full")}
     assert {s for s in steps if s.startswith("check ")} == expected
-    # every op once as built by default, sparse decode once more with 32-entry steps (the spill-free variant)
+    # every op once as built by default, sparse decode once more with 64-entry steps (fewer instructions, spills)
     assert [s for s in steps if s.startswith("benchmark ")] == [
-        "benchmark sparse_decode", "benchmark sparse_decode MLAVERIFY_SPARSE_DECODE_BLOCK_N=32",
+        "benchmark sparse_decode", "benchmark sparse_decode MLAVERIFY_SPARSE_DECODE_BLOCK_N=64",
         *(f"benchmark {op}" for op in device_check.BENCH_OPS[1:])]
     # one case of every preset runs before the benchmark, the other cases after it
     first_bench = steps.index("benchmark sparse_decode")
@@ -65,8 +65,8 @@ def test_benchmark_variants_run_under_their_setting_and_restore_it(monkeypatch):
     monkeypatch.delenv(_options.SPARSE_DECODE_BLOCK_N_ENV, raising=False)
     plan = device_check.make_plan(["v32"], ["sparse_decode", "dense_decode"], False, 60)
     rows, skipped = device_check._run_benchmark(plan, deadline=float("inf"), log=lambda _: None)
-    assert seen == [(("sparse_decode",), None), (("sparse_decode",), 32), (("dense_decode",), None)]
-    assert [r["variant"] for r in rows] == ["default", "MLAVERIFY_SPARSE_DECODE_BLOCK_N=32", "default"]
+    assert seen == [(("sparse_decode",), None), (("sparse_decode",), 64), (("dense_decode",), None)]
+    assert [r["variant"] for r in rows] == ["default", "MLAVERIFY_SPARSE_DECODE_BLOCK_N=64", "default"]
     assert not skipped and _options.SPARSE_DECODE_BLOCK_N_ENV not in os.environ
     rows, skipped = device_check._run_benchmark(plan, deadline=0.0, log=lambda _: None)  # past the budget
-    assert not rows and skipped == ["sparse_decode", "sparse_decode MLAVERIFY_SPARSE_DECODE_BLOCK_N=32", "dense_decode"]
+    assert not rows and skipped == ["sparse_decode", "sparse_decode MLAVERIFY_SPARSE_DECODE_BLOCK_N=64", "dense_decode"]

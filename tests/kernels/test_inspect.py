@@ -15,7 +15,7 @@ import torch
 
 from mlaverify.kernels import _inspect_compile, _options, dense_decode, inspect, mha_prefill, sparse_decode
 from mlaverify.kernels import sparse_prefill
-from mlaverify.kernels._resource_budgets import SM90_BUDGETS, SM90_BUDGETS_HI_LO
+from mlaverify.kernels._resource_budgets import SM90_BUDGETS, SM90_BUDGETS_HI_LO, SPARSE_DECODE_BN64_BUDGET
 from mlaverify.kernels._targets import INTERPRETER, TARGETS
 from mlaverify.reference import configs
 
@@ -76,8 +76,8 @@ def test_recorded_shared_memory_matches_the_build(sm90):
     split = {r["case"]: r for r in by_kernel["dense_decode.split"]}
     assert split["dense-compute-bound"]["shared_bytes"] == dense_decode.ONE_ROUNDING_TILES.smem_sm90
     assert split["dense-memory-bound"]["shared_bytes"] == dense_decode.KEYS_FIRST_TILES.smem_sm90
-    decode = [r for r in by_kernel["sparse_decode.split"] if r["constexprs"]["BLOCK_N"] == 64]
-    assert decode and max(r["shared_bytes"] for r in decode) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN64
+    decode = [r for r in by_kernel["sparse_decode.split"] if r["constexprs"]["BLOCK_N"] == 32]
+    assert decode and max(r["shared_bytes"] for r in decode) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN32
     for kind, kernel in (("fwd", "mha_prefill.fwd"), ("dkdv", "mha_prefill.bwd_dkdv"), ("dq", "mha_prefill.bwd_dq")):
         assert by_kernel[kernel][0]["shared_bytes"] == mha_prefill._GPU_TILES[kind].smem_sm90
 
@@ -287,43 +287,39 @@ def test_sass_main_loop_spill_counts_the_innermost_mma_loop_only():
     assert _inspect_compile.sass_main_loop_spill(SASS.replace("HGMMA", "FFMA")) is None  # no MMA loop
 
 
-# Local loads/stores per main-loop iteration, measured with `python -m mlaverify.kernels.inspect`:
-# only sparse decode touches local memory inside its loop (0-18 LDL per 64-entry step of ~2,100 SASS
-# instructions: the Q operand descriptors of its QK dots); the spills of dense decode's 64-row tile
-# (16-24 B), MHA dq (48 B) and dk/dv (80 B) sit outside their loops.
-LOOP_SPILL_ALLOWED = {"sparse_decode.split"}
-
-
-def test_main_loops_without_local_traffic_stay_so(sm90):
+def test_main_loops_have_no_local_memory_traffic(sm90):
+    """No main loop of the default sm_90 builds loads or stores local memory (measured with `python -m
+    mlaverify.kernels.inspect`): the spills of dense decode's 64-row tile (16-24 B), MHA dq (48 B), dk/dv
+    (80 B) and sparse decode MODEL1 config2 (8 B) sit outside their loops."""
     problems = []
     for r in _rows(sm90):
         ls = r["loop_spill"]
         if r["main_loop"] is not None and ls is None:
             problems.append(f"{r['case']} {r['kernel']}: no SASS loop with MMAs found")
-        elif ls and (ls["loads"] or ls["stores"]) and (r["spill_bytes"] == 0 or r["kernel"] not in LOOP_SPILL_ALLOWED):
+        elif ls and (ls["loads"] or ls["stores"]):
             problems.append(f"{r['case']} {r['kernel']}: {ls['loads']} LDL / {ls['stores']} STL per main-loop iteration")
     assert not problems, "\n".join(problems)
 
 
-def test_32_entry_sparse_decode_steps_have_no_spill(sm90):
-    """MLAVERIFY_SPARSE_DECODE_BLOCK_N=32: the sm_90 sparse decode build without spill (the default's 64-entry
-    step reloads 0-18 values per step), still wgmma once per product, at the shared memory its launch config
-    counts; the device check times both, since this one issues more instructions and shared-memory traffic."""
+def test_64_entry_sparse_decode_steps_within_their_budget(sm90):
+    """MLAVERIFY_SPARSE_DECODE_BLOCK_N=64: the sm_90 option the device check times beside the default. It fits
+    (at the shared memory its launch config counts), is wgmma once per product and spills within its budget;
+    per entry it issues fewer instructions and moves fewer shared-memory bytes than the default 32-entry
+    step, which is why it is kept as an option (and the reason a measurement must choose between them)."""
     report = inspect.collect("sm_90", presets=("v32", "model1-config4"), full=False,
-                             env={_options.SPARSE_DECODE_BLOCK_N_ENV: "32"})
+                             env={_options.SPARSE_DECODE_BLOCK_N_ENV: "64"})
     splits = [r for r in _rows(report) if r["kernel"] == "sparse_decode.split"]
-    assert splits and all(r["constexprs"]["BLOCK_N"] == 32 for r in splits)
+    assert splits and all(r["constexprs"]["BLOCK_N"] == 64 for r in splits)
+    budget = SPARSE_DECODE_BN64_BUDGET
     for r in splits:
-        ls = r["loop_spill"]
-        assert (r["spill_bytes"], ls["loads"], ls["stores"]) == (0, 0, 0), r["case"]
-        assert r["main_loop"]["kind"] == "wgmma" and r["tensor_work_ratio"] == pytest.approx(1.0, abs=0.005)
-        assert r["shared_bytes"] <= sparse_decode.SMEM_SM90_ONE_ROUNDING_BN32
-    assert max(r["shared_bytes"] for r in splits) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN32
+        assert r["shared_ok"] and r["spill_bytes"] <= budget.max_spill_bytes, (r["case"], r["spill_bytes"])
+        assert r["main_loop"]["kind"] in budget.mma and r["tensor_work_ratio"] <= budget.max_ratio
+    assert max(r["shared_bytes"] for r in splits) == sparse_decode.SMEM_SM90_ONE_ROUNDING_BN64
     default = {r["case"]: r for r in _rows(sm90) if r["kernel"] == "sparse_decode.split"}
-    for r in splits:  # per entry: more instructions and shared-memory bytes than the 64-entry step
+    for r in splits:  # per entry: fewer instructions and shared-memory bytes than two 32-entry steps
         d = default[r["case"]]
-        assert 2 * r["loop_spill"]["instructions"] > d["loop_spill"]["instructions"]
-        assert 2 * r["main_loop"]["shared_bytes"] > d["main_loop"]["shared_bytes"]
+        assert r["loop_spill"]["instructions"] < 2 * d["loop_spill"]["instructions"]
+        assert r["main_loop"]["shared_bytes"] < 2 * d["main_loop"]["shared_bytes"]
 
 
 def test_cli_writes_json_and_refuses_unknown_presets(tmp_path, capsys):

@@ -61,23 +61,24 @@ def test_one_rounding_of_p_stays_within_its_error_bound_in_the_interpreter(monke
 
 
 def test_sparse_decode_block_n_switch(monkeypatch):
-    """MLAVERIFY_SPARSE_DECODE_BLOCK_N: unset leaves the choice to the launch config (64 entries on sm_90 and in
-    the interpreter, 32 where the 64-head tile does not fit); 32 or 64 where it fits; anything else, or 64
-    where it does not fit, is refused by name."""
+    """MLAVERIFY_SPARSE_DECODE_BLOCK_N: unset gives 32 entries per step on every target and in the interpreter
+    (the step the CPU verifies is the H200's default); 64 where the 64-head, two-stage, one-rounding tile fits
+    (and in the interpreter); anything else, or 64 where it does not fit, is refused by name."""
     monkeypatch.delenv(_options.SPARSE_DECODE_BLOCK_N_ENV, raising=False)
     h200, sm89 = TARGETS["sm_90"], TARGETS["sm_89"]
-    assert sparse_decode.choose_config(128, 2, 128, 2048, h200).block_n == 64
-    assert sparse_decode.choose_config(128, 2, 128, 2048, sm89).block_n == 32
-    monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "32")
     for target in (h200, INTERPRETER, sm89):
         assert sparse_decode.choose_config(128, 2, 128, 2048, target).block_n == 32
-    assert sparse_decode.choose_config(128, 2, 128, 2048, h200, block_n=64).block_n == 64  # the argument wins
+    assert sparse_decode.choose_config(128, 2, 128, 2048, h200, block_n=64).block_n == 64  # asked for
     monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "64")
-    assert sparse_decode.choose_config(128, 2, 128, 2048, h200).block_n == 64
+    for target in (h200, INTERPRETER):
+        assert sparse_decode.choose_config(128, 2, 128, 2048, target).block_n == 64
+    assert sparse_decode.choose_config(128, 2, 128, 2048, h200, block_n=32).block_n == 32  # the argument wins
     with pytest.raises(ValueError, match="block_n: 64 entries per step do not fit sm_89 here: .* 32 heads"):
         sparse_decode.choose_config(128, 2, 128, 2048, sm89)
     with pytest.raises(ValueError, match="64 entries per step do not fit sm_90 here: .* P hi \\+ lo"):
         sparse_decode.choose_config(128, 2, 128, 2048, h200, split_p=True)
+    with pytest.raises(ValueError, match="64 entries per step do not fit sm_90 here: .* this launch has 16 heads"):
+        sparse_decode.choose_config(128, 2, 16, 2048, h200)
     monkeypatch.setenv(_options.SPARSE_DECODE_BLOCK_N_ENV, "48")
     with pytest.raises(ValueError, match="MLAVERIFY_SPARSE_DECODE_BLOCK_N: expected one of \\[32, 64\\] .* got '48'"):
         sparse_decode.choose_config(128, 2, 128, 2048, h200)
